@@ -1,0 +1,67 @@
+"""Budget-aware per-query LLM routing.
+
+Embed a query, estimate every deployment's quality and cost from the nearest past queries in Chroma, and send it
+to the deployment with the most quality for the budget it has: learned dual weights (one per budget) after a
+warm-up, per-deployment budgets enforced with reservations settled by the actual usage.
+"""
+
+from llm_router_plugin.budget import BudgetLedger, Reservation, Settlement, SQLiteLedger
+from llm_router_plugin.config import DeploymentConfig, EstimatorConfig, RouterConfig
+from llm_router_plugin.dataset import DataFile, ImportReport, bundled_path, import_history, read_data
+from llm_router_plugin.embedding import (
+    Embedder,
+    HashingEmbedder,
+    SentenceTransformerEmbedder,
+    estimate_tokens,
+    extract_text,
+    make_embedder,
+)
+from llm_router_plugin.errors import (
+    BudgetExhaustedError,
+    EmptyQueryError,
+    HistoryFormatError,
+    RouterError,
+    UnknownDecisionError,
+)
+from llm_router_plugin.estimator import Estimates, KnnEstimator
+from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
+from llm_router_plugin.router import Candidate, Decision, DeploymentStatus, Router, RouterStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetExhaustedError",
+    "BudgetLedger",
+    "Candidate",
+    "ChromaHistory",
+    "DataFile",
+    "Decision",
+    "DeploymentConfig",
+    "DeploymentStatus",
+    "Embedder",
+    "EmptyQueryError",
+    "Estimates",
+    "EstimatorConfig",
+    "HashingEmbedder",
+    "HistoryFormatError",
+    "HistoryRecord",
+    "ImportReport",
+    "KnnEstimator",
+    "ModelOutcome",
+    "Reservation",
+    "Router",
+    "RouterConfig",
+    "RouterError",
+    "RouterStatus",
+    "SQLiteLedger",
+    "SentenceTransformerEmbedder",
+    "Settlement",
+    "UnknownDecisionError",
+    "__version__",
+    "bundled_path",
+    "estimate_tokens",
+    "extract_text",
+    "import_history",
+    "make_embedder",
+    "read_data",
+]

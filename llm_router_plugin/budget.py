@@ -1,0 +1,272 @@
+"""The budget ledger: per-deployment spend per window, and reservations settled by actual usage.
+
+At route time the router *reserves* a query's estimated usage on the chosen deployment, atomically with the check
+that the deployment can still afford it; when the call ends, ``settle`` replaces the reservation with what was
+actually used. A reservation never settled stops counting after its timeout. Units are ``"tokens"`` and ``"usd"``.
+
+The SQLite backend keeps everything in one file: it survives restarts and is safe across threads, asyncio tasks
+(through worker threads) and processes sharing the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+UNITS = ("tokens", "usd")
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A request to hold budget for one decision.
+
+    Attributes:
+        decision_id: the decision the hold belongs to.
+        deployment: the deployment whose budget is held.
+        window: the budget window the hold counts in (see :func:`window_index`).
+        amounts: unit → amount held.
+        limits: unit → the deployment's limit per window (units without a limit are not checked).
+        expires_at: epoch seconds after which the hold stops counting.
+    """
+
+    decision_id: str
+    deployment: str
+    window: int
+    amounts: Mapping[str, float]
+    limits: Mapping[str, float]
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The outcome of settling a decision.
+
+    Attributes:
+        deployment: the deployment charged.
+        reserved: unit → amount that had been held.
+        actual: unit → amount charged.
+        was_expired: the reservation had already timed out (the actual usage is charged all the same).
+    """
+
+    deployment: str
+    reserved: Mapping[str, float]
+    actual: Mapping[str, float]
+    was_expired: bool
+
+
+def window_index(anchor: float, window_seconds: float | None, now: float) -> int:
+    """The budget window ``now`` falls in: 0 for a budget that never resets, else whole windows since ``anchor``."""
+    if window_seconds is None:
+        return 0
+    return max(0, math.floor((now - anchor) / window_seconds))
+
+
+class BudgetLedger(Protocol):
+    """What the router needs from a budget backend (SQLite here; other backends implement the same)."""
+
+    @property
+    def anchor(self) -> float:
+        """Epoch seconds at which window 0 of every deployment started."""
+        ...
+
+    def try_reserve(self, reservation: Reservation, now: float | None = None) -> bool:
+        """Hold ``reservation.amounts`` if every limited unit still covers it; False (nothing held) otherwise."""
+        ...
+
+    def settle(self, decision_id: str, actual: Mapping[str, float], now: float | None = None) -> Settlement | None:
+        """Replace a decision's hold by its actual usage; ``None`` if it was settled or released before."""
+        ...
+
+    def release(self, decision_id: str) -> bool:
+        """Drop a decision's hold without charging (the call failed); False if there was none."""
+        ...
+
+    def usage(
+        self, deployment: str, window: int, now: float | None = None
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """(spent, held) by unit for a deployment in a window."""
+        ...
+
+    def get_state(self, key: str) -> Any:
+        """A JSON value persisted with the ledger (``None`` if absent)."""
+        ...
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Persist a JSON value with the ledger."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spend (
+    deployment TEXT NOT NULL, window INTEGER NOT NULL, unit TEXT NOT NULL, amount REAL NOT NULL,
+    PRIMARY KEY (deployment, window, unit));
+CREATE TABLE IF NOT EXISTS holds (
+    decision_id TEXT PRIMARY KEY, deployment TEXT NOT NULL, window INTEGER NOT NULL,
+    tokens REAL NOT NULL, usd REAL NOT NULL, expires_at REAL NOT NULL, status TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS holds_live ON holds (deployment, window, status);
+"""
+
+
+class SQLiteLedger:
+    """The default ledger: one SQLite file (WAL mode), every check-and-hold in one ``BEGIN IMMEDIATE`` transaction.
+
+    Args:
+        path: the database file (created with its folder).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the check and the hold are one transaction
+        # even against other processes using the same file.
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('anchor', ?)", (json.dumps(time.time()),))
+            self._anchor = float(json.loads(db.execute("SELECT value FROM meta WHERE key='anchor'").fetchone()[0]))
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @property
+    def anchor(self) -> float:
+        """Epoch seconds at which window 0 started (set when the file was created)."""
+        return self._anchor
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        db.execute("UPDATE holds SET status='expired' WHERE status='held' AND expires_at <= ?", (now,))
+
+    @staticmethod
+    def _totals(db: sqlite3.Connection, deployment: str, window: int) -> tuple[dict[str, float], dict[str, float]]:
+        spent = dict.fromkeys(UNITS, 0.0)
+        for unit, amount in db.execute(
+            "SELECT unit, amount FROM spend WHERE deployment=? AND window=?", (deployment, window)
+        ):
+            spent[unit] = amount
+        tokens, usd = db.execute(
+            "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0) FROM holds "
+            "WHERE deployment=? AND window=? AND status='held'",
+            (deployment, window),
+        ).fetchone()
+        return spent, {"tokens": float(tokens), "usd": float(usd)}
+
+    def try_reserve(self, reservation: Reservation, now: float | None = None) -> bool:
+        """Hold the reservation's amounts if every limited unit covers them (atomic check-and-hold).
+
+        Args:
+            reservation: what to hold, where, and the limits to respect.
+            now: the clock (epoch seconds); defaults to ``time.time()``.
+
+        Returns:
+            True if held; False if some limit would be exceeded (nothing is held then).
+
+        Raises:
+            ValueError: an amount is negative or a unit is unknown.
+        """
+        now = time.time() if now is None else now
+        for unit, amount in reservation.amounts.items():
+            if unit not in UNITS or amount < 0 or not math.isfinite(amount):
+                raise ValueError(f"amounts: {unit}={amount} must be a known unit with a finite, non-negative amount")
+        with self._tx() as db:
+            self._expire(db, now)
+            spent, held = self._totals(db, reservation.deployment, reservation.window)
+            for unit, limit in reservation.limits.items():
+                if spent[unit] + held[unit] + reservation.amounts.get(unit, 0.0) > limit:
+                    return False
+            db.execute(
+                "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, 'held')",
+                (
+                    reservation.decision_id, reservation.deployment, reservation.window,
+                    reservation.amounts.get("tokens", 0.0), reservation.amounts.get("usd", 0.0),
+                    reservation.expires_at,
+                ),
+            )
+        return True
+
+    def settle(self, decision_id: str, actual: Mapping[str, float], now: float | None = None) -> Settlement | None:
+        """Charge a decision's actual usage to its deployment and window, dropping its hold.
+
+        A hold that has expired is still charged: the tokens were spent. Settling twice charges once.
+
+        Args:
+            decision_id: the decision.
+            actual: unit → actual usage.
+            now: the clock.
+
+        Returns:
+            What was held and charged, or ``None`` if the decision is unknown or already settled or released.
+        """
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            self._expire(db, now)
+            row = db.execute(
+                "SELECT deployment, window, tokens, usd, status FROM holds WHERE decision_id=?", (decision_id,)
+            ).fetchone()
+            if row is None or row[4] not in ("held", "expired"):
+                return None
+            deployment, window, tokens, usd, status = row
+            db.execute("UPDATE holds SET status='settled' WHERE decision_id=?", (decision_id,))
+            for unit, amount in actual.items():
+                db.execute(
+                    "INSERT INTO spend VALUES (?, ?, ?, ?) ON CONFLICT (deployment, window, unit) "
+                    "DO UPDATE SET amount = amount + excluded.amount",
+                    (deployment, window, unit, float(amount)),
+                )
+        return Settlement(deployment, {"tokens": tokens, "usd": usd}, dict(actual), status == "expired")
+
+    def release(self, decision_id: str) -> bool:
+        """Drop a live or expired hold without charging anything.
+
+        Returns:
+            True if a hold was dropped.
+        """
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE holds SET status='released' WHERE decision_id=? AND status IN ('held', 'expired')",
+                (decision_id,),
+            )
+            return cursor.rowcount > 0
+
+    def usage(
+        self, deployment: str, window: int, now: float | None = None
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Spent and currently held amounts of a deployment in a window, by unit."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            self._expire(db, now)
+            return self._totals(db, deployment, window)
+
+    def get_state(self, key: str) -> Any:
+        """A persisted JSON value, or ``None``."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (f"state:{key}",)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Persist a JSON value."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"state:{key}", json.dumps(value)))

@@ -1,0 +1,226 @@
+"""Router configuration: one pydantic model, loadable from YAML or a dict.
+
+Budgets are per deployment and per window. A deployment names a *model profile* (the key its outcomes are stored
+under in history), so several deployments of one model share what history knows about that model.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_window(window: str) -> float | None:
+    """Return a budget window's length in seconds, or ``None`` for ``"total"`` (never resets).
+
+    Args:
+        window: ``"total"`` or a duration such as ``"30m"``, ``"1h"``, ``"1d"``, ``"1w"``.
+
+    Returns:
+        The window length in seconds, or ``None`` for a budget that never resets.
+
+    Raises:
+        ValueError: the text is neither ``"total"`` nor a positive duration.
+    """
+    if window.strip().lower() == "total":
+        return None
+    match = _DURATION.match(window.lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"window must be 'total' or a positive duration like '1h' or '1d', got {window!r}")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+class DeploymentConfig(BaseModel):
+    """One deployment the router can send queries to.
+
+    Attributes:
+        name: unique deployment name (what the router returns).
+        model: model profile whose history outcomes describe this deployment; defaults to ``name``.
+        token_budget: tokens (prompt + completion) the deployment may spend per window; ``None`` = unlimited.
+        usd_budget: USD the deployment may spend per window; ``None`` = unlimited.
+        window: ``"total"`` (never resets) or a duration such as ``"1h"``.
+        input_usd_per_mtok: price of a million prompt tokens, used when history lacks cost.
+        output_usd_per_mtok: price of a million completion tokens, used when history lacks cost.
+        fallback: serve queries here when no deployment can afford them (budget is then not enforced).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    model: str = ""
+    token_budget: int | None = Field(default=None, ge=0)
+    usd_budget: float | None = Field(default=None, ge=0)
+    window: str = "total"
+    input_usd_per_mtok: float | None = Field(default=None, ge=0)
+    output_usd_per_mtok: float | None = Field(default=None, ge=0)
+    fallback: bool = False
+
+    @model_validator(mode="after")
+    def _default_model(self) -> DeploymentConfig:
+        if not self.model:
+            self.model = self.name
+        return self
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value: str) -> str:
+        parse_window(value)
+        return value
+
+    @property
+    def window_seconds(self) -> float | None:
+        """The budget window in seconds (``None``: never resets)."""
+        return parse_window(self.window)
+
+    def budget_limits(self) -> dict[str, float]:
+        """The enforced limits of this deployment, by unit (``"tokens"``, ``"usd"``)."""
+        limits: dict[str, float] = {}
+        if self.token_budget is not None:
+            limits["tokens"] = float(self.token_budget)
+        if self.usd_budget is not None:
+            limits["usd"] = float(self.usd_budget)
+        return limits
+
+
+class EstimatorConfig(BaseModel):
+    """How neighbours become estimates.
+
+    Attributes:
+        k: neighbours per query.
+        weighting: ``"uniform"`` (plain mean, as PORT) or ``"similarity"`` (weights grow with cosine similarity).
+        temperature: softness of similarity weights: weight = exp(similarity / temperature).
+        shrinkage: pseudo-count pulling a neighbour mean toward the model's global mean (0 = none).
+        default_completion_tokens: completion-token prior for a model that history has no token counts for.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(default=5, ge=1, le=200)
+    weighting: Literal["uniform", "similarity"] = "uniform"
+    temperature: float = Field(default=0.05, gt=0)
+    shrinkage: float = Field(default=0.0, ge=0)
+    default_completion_tokens: int = Field(default=256, ge=0)
+
+
+class RouterConfig(BaseModel):
+    """Everything the router needs; ``RouterConfig.from_yaml(path)`` or ``RouterConfig.model_validate(dict)``.
+
+    Attributes:
+        deployments: the deployments to route between (at least one, unique names).
+        mode: ``"max_quality"`` maximises quality under the budgets; ``"quality_target"`` minimises cost while the
+            mean estimated quality stays at least ``quality_target`` (OmniRouter).
+        quality_target: τ in [0, 1], required by ``"quality_target"`` mode.
+        cost_unit: what ``"quality_target"`` mode minimises.
+        warmup_queries: decisions routed by the budget-paced greedy rule before the first dual solve; the duals are
+            re-solved after W, 2W, 4W … decisions and at every budget-window reset.
+        expected_queries: expected decisions per budget window (for ``"total"``, over the deployment's life);
+            ``None`` estimates it from the arrival rate so far (for ``"total"``: as many again as seen so far).
+        data_dir: folder for the embedded Chroma history and the SQLite ledger.
+        chroma_host: use a Chroma server at this host instead of the embedded store (``chroma_port`` beside it).
+        collection: Chroma collection name.
+        embedding_model: sentence-transformers model name or path; ``None`` = the bundled all-MiniLM-L6-v2.
+        embedding_threads: torch CPU threads for embedding; ``None`` = torch's default.
+        reservation_timeout_s: a reservation that is never recorded is released after this many seconds.
+        store_prompts: keep query texts in history and the decision log (off: embeddings only).
+        learn_online: add every recorded outcome to history, so estimates improve with traffic.
+        estimator: neighbour and estimate settings.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    deployments: list[DeploymentConfig]
+    mode: Literal["max_quality", "quality_target"] = "max_quality"
+    quality_target: float | None = Field(default=None, ge=0, le=1)
+    cost_unit: Literal["tokens", "usd"] = "tokens"
+    warmup_queries: int = Field(default=50, ge=1)
+    expected_queries: int | None = Field(default=None, ge=1)
+    data_dir: Path = Path(".llm-router")
+    chroma_host: str | None = None
+    chroma_port: int = Field(default=8000, ge=1, le=65535)
+    collection: str = Field(default="history", min_length=3)
+    embedding_model: str | None = None
+    embedding_threads: int | None = Field(default=None, ge=1)
+    reservation_timeout_s: float = Field(default=600.0, gt=0)
+    store_prompts: bool = False
+    learn_online: bool = True
+    estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)
+
+    @field_validator("deployments")
+    @classmethod
+    def _check_deployments(cls, value: list[DeploymentConfig]) -> list[DeploymentConfig]:
+        if not value:
+            raise ValueError("deployments: the config names no deployments; add at least one")
+        names = [d.name for d in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"deployments: duplicate deployment names {duplicates}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> RouterConfig:
+        if self.mode == "quality_target" and self.quality_target is None:
+            raise ValueError("quality_target: mode 'quality_target' needs quality_target (a number in [0, 1])")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RouterConfig:
+        """Load a config from a YAML file.
+
+        Args:
+            path: the YAML file.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: the file is not a mapping or a field is invalid (the message names the field).
+        """
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RouterConfig:
+        """Validate a config mapping, turning pydantic's error into a ``ValueError`` that names the field.
+
+        Args:
+            data: the mapping (for example parsed YAML).
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: ``data`` is not a mapping or a field is invalid.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a mapping with a 'deployments' list, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+            )
+            raise ValueError(f"invalid router config: {problems}") from None
+
+    def deployment(self, name: str) -> DeploymentConfig:
+        """Return the deployment called ``name``.
+
+        Raises:
+            ValueError: no deployment has that name.
+        """
+        for deployment in self.deployments:
+            if deployment.name == name:
+                return deployment
+        known = ", ".join(d.name for d in self.deployments)
+        raise ValueError(f"deployment: unknown deployment name {name!r} (known: {known})")
+
+    @property
+    def profiles(self) -> list[str]:
+        """The distinct model profiles of the deployments, in config order."""
+        return list(dict.fromkeys(d.model for d in self.deployments))

@@ -1,0 +1,247 @@
+"""Routing data in the unified schema, and importing it into history.
+
+A file (gzip or plain CSV, or JSONL with the same keys) has the columns ``prompt``, ``eval_name``, ``split``,
+``sample_id``, then per model ``M``: ``M`` (quality in [0, 1]) and optionally ``M|total_cost`` (USD),
+``M|prompt_tokens`` and ``M|completion_tokens``. An empty cell is a missing value; ``nan``, ``inf``, out-of-range
+scores and negative costs or counts are errors that reject their row.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any
+
+from llm_router_plugin.embedding import Embedder
+from llm_router_plugin.errors import HistoryFormatError
+from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
+
+_BASE_COLUMNS = ("prompt", "eval_name", "split", "sample_id")
+_SUFFIX = {"total_cost": "cost_usd", "prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens"}
+# The CSV module's default field limit (128 KiB) is below some real prompts.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class DataRow:
+    """One query of a routing data file.
+
+    Attributes:
+        line: line (CSV) or record (JSONL) number, for messages.
+        prompt: the query text.
+        task: the ``eval_name`` label.
+        split: the source's own split label.
+        sample_id: the source's id.
+        outcomes: model → outcome.
+    """
+
+    line: int
+    prompt: str
+    task: str
+    split: str
+    sample_id: str
+    outcomes: dict[str, ModelOutcome] = field(default_factory=dict)
+
+    @property
+    def record_id(self) -> str:
+        """A stable id: the same row imported twice is one record."""
+        return "h" + hashlib.sha256(f"{self.sample_id}\0{self.prompt}".encode()).hexdigest()[:24]
+
+
+@dataclass
+class DataFile:
+    """A parsed data file.
+
+    Attributes:
+        path: where it came from.
+        models: the models found in its columns, in column order.
+        rows: the valid rows.
+        rejected: line number → why that row was rejected.
+    """
+
+    path: Path
+    models: list[str]
+    rows: list[DataRow]
+    rejected: dict[int, str]
+
+    def rejection_summary(self, most: int = 5) -> str:
+        """One sentence counting the rejected rows and naming the first few."""
+        if not self.rejected:
+            return "no rows rejected"
+        first = "; ".join(f"line {line}: {why}" for line, why in list(self.rejected.items())[:most])
+        more = f" (+{len(self.rejected) - most} more)" if len(self.rejected) > most else ""
+        return f"{len(self.rejected)} row(s) rejected — {first}{more}"
+
+
+def bundled_path(name: str = "routerbench_sample.csv.gz") -> Path:
+    """Path of a data file shipped in the package (see ``llm_router_plugin/data/README.md``)."""
+    return Path(str(resources.files("llm_router_plugin") / "data" / name))
+
+
+def _open_text(path: Path) -> IO[str]:
+    with path.open("rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    raw: IO[bytes] = gzip.open(path, "rb") if gzipped else path.open("rb")  # noqa: SIM115
+    # Invalid UTF-8 in a prompt is replaced, not fatal: the row is still a valid routing example.
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with _open_text(path) as fh:
+        if path.name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+            for number, line in enumerate(fh, start=1):
+                if line.strip():
+                    try:
+                        yield number, json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        yield number, {"__error__": f"invalid JSON ({exc.msg})"}
+        else:
+            reader = csv.DictReader(fh)
+            for number, row in enumerate(reader, start=2):
+                yield number, row
+
+
+def _number(value: Any, column: str, low: float, high: float) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{column}={value!r} is not a number") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ValueError(f"{column}={value!r} is outside [{low}, {high}]")
+    return number
+
+
+def _models(keys: Sequence[str]) -> list[str]:
+    models = []
+    for key in keys:
+        if key in _BASE_COLUMNS or key.startswith("__"):
+            continue
+        model, _, suffix = key.partition("|")
+        if suffix and suffix not in _SUFFIX:
+            continue
+        if model not in models:
+            models.append(model)
+    return models
+
+
+def _parse_row(line: int, raw: dict[str, Any], models: list[str]) -> DataRow:
+    if "__error__" in raw:
+        raise ValueError(raw["__error__"])
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("empty prompt")
+    outcomes = {}
+    for model in models:
+        fields: dict[str, Any] = {"quality": _number(raw.get(model), model, 0.0, 1.0)}
+        for suffix, name in _SUFFIX.items():
+            value = _number(raw.get(f"{model}|{suffix}"), f"{model}|{suffix}", 0.0, math.inf)
+            fields[name] = int(value) if value is not None and name != "cost_usd" else value
+        if any(v is not None for v in fields.values()):
+            outcomes[model] = ModelOutcome(**fields)
+    return DataRow(line, prompt, str(raw.get("eval_name") or ""), str(raw.get("split") or ""),
+                   str(raw.get("sample_id") or line), outcomes)
+
+
+def read_data(path: str | Path) -> DataFile:
+    """Parse a routing data file, keeping valid rows and counting rejected ones.
+
+    Args:
+        path: CSV (optionally gzip) or JSONL in the unified schema.
+
+    Returns:
+        The rows, the models, and why each rejected row was rejected.
+
+    Raises:
+        HistoryFormatError: the file has no ``prompt`` column or no model columns.
+        FileNotFoundError: the file does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"path: no such data file {path}")
+    raw_rows = list(_records(path))
+    keys: list[str] = []
+    for _, raw in raw_rows:
+        keys.extend(k for k in raw if k not in keys)
+    if "prompt" not in keys:
+        raise HistoryFormatError(f"{path}: no 'prompt' column (columns: {keys[:8]})")
+    models = _models(keys)
+    if not models:
+        raise HistoryFormatError(f"{path}: no model columns (expected '<model>' and '<model>|total_cost')")
+    rows, rejected = [], {}
+    for line, raw in raw_rows:
+        try:
+            rows.append(_parse_row(line, raw, models))
+        except ValueError as exc:
+            rejected[line] = str(exc)
+    return DataFile(path, models, rows, rejected)
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did.
+
+    Attributes:
+        added: records written.
+        existing: rows already in the store (skipped: import is idempotent).
+        rejected: rows rejected for invalid values.
+        models: the models found in the file.
+        message: the rejection summary.
+    """
+
+    added: int
+    existing: int
+    rejected: int
+    models: list[str]
+    message: str
+
+
+def import_history(
+    data: DataFile, store: ChromaHistory, embedder: Embedder, *, batch_size: int = 256,
+    store_prompts: bool = True, progress: bool = False,
+) -> ImportReport:
+    """Embed a data file's valid rows and write them to history, one batch per transaction.
+
+    A batch is embedded completely before any of it is written, so an interrupted import leaves whole batches
+    only; rows already stored are skipped without being embedded again.
+
+    Args:
+        data: the parsed file (see :func:`read_data`).
+        store: the history store.
+        embedder: embeds the prompts.
+        batch_size: rows per batch.
+        store_prompts: keep prompt texts in the store.
+        progress: show a progress bar.
+
+    Returns:
+        Counts of added, existing and rejected rows.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
+    from tqdm import tqdm
+
+    existing = store.existing_ids([row.record_id for row in data.rows])
+    todo = [row for row in {r.record_id: r for r in data.rows}.values() if row.record_id not in existing]
+    bar = tqdm(total=len(todo), desc=f"importing {data.path.name}", unit="row", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        vectors = embedder.embed([row.prompt for row in batch])
+        store.upsert([
+            HistoryRecord(id=row.record_id, embedding=vector, text=row.prompt if store_prompts else None,
+                          task=row.task or None, outcomes=row.outcomes)
+            for row, vector in zip(batch, vectors, strict=True)
+        ])
+        bar.update(len(batch))
+    bar.close()
+    return ImportReport(len(todo), len(data.rows) - len(todo), len(data.rejected), data.models,
+                        data.rejection_summary())

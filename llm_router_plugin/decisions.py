@@ -1,0 +1,146 @@
+"""The decision log: every routing decision, kept until its outcome is recorded.
+
+``record`` and ``feedback`` may come from another process or after a restart (a proxy worker, a webhook), so the
+log lives in SQLite beside the ledger. It keeps each decision's query embedding (so the outcome joins history
+without embedding the query again) and its estimates (the sample the dual weights are re-solved on).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, deployment TEXT NOT NULL, profile TEXT NOT NULL,
+    phase TEXT NOT NULL, embedding BLOB NOT NULL, text TEXT, estimates TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open', outcome TEXT);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions (created_at);
+"""
+
+
+@dataclass(frozen=True)
+class LoggedDecision:
+    """A decision as the log keeps it.
+
+    Attributes:
+        id: decision id.
+        created_at: epoch seconds.
+        deployment: chosen deployment.
+        profile: its model profile.
+        phase: ``"warmup"``, ``"learned"`` or ``"fallback"``.
+        embedding: the query embedding.
+        text: the query text when prompts are stored, else ``None``.
+        estimates: deployment → {"quality": d̂, "tokens": ĝ, "usd": ĝ} at decision time.
+        status: ``"open"``, ``"recorded"`` or ``"failed"``.
+        outcome: what ``record``/``feedback`` stored.
+    """
+
+    id: str
+    created_at: float
+    deployment: str
+    profile: str
+    phase: str
+    embedding: np.ndarray
+    text: str | None
+    estimates: dict[str, dict[str, float]]
+    status: str
+    outcome: dict[str, Any]
+
+
+class DecisionLog:
+    """Decisions in a SQLite file.
+
+    Args:
+        path: the database file (may be the ledger's file).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    def add(
+        self, decision_id: str, deployment: str, profile: str, phase: str, embedding: np.ndarray,
+        text: str | None, estimates: dict[str, dict[str, float]], created_at: float | None = None,
+    ) -> None:
+        """Log a new decision."""
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO decisions (id, created_at, deployment, profile, phase, embedding, text, estimates) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    decision_id, time.time() if created_at is None else created_at, deployment, profile, phase,
+                    np.asarray(embedding, dtype=np.float32).tobytes(), text, json.dumps(estimates),
+                ),
+            )
+
+    def get(self, decision_id: str) -> LoggedDecision | None:
+        """The logged decision, or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, created_at, deployment, profile, phase, embedding, text, estimates, status, outcome "
+                "FROM decisions WHERE id=?",
+                (decision_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return LoggedDecision(
+            id=row[0], created_at=row[1], deployment=row[2], profile=row[3], phase=row[4],
+            embedding=np.frombuffer(row[5], dtype=np.float32).copy(), text=row[6], estimates=json.loads(row[7]),
+            status=row[8], outcome=json.loads(row[9]) if row[9] else {},
+        )
+
+    def close_decision(self, decision_id: str, status: str, outcome: dict[str, Any]) -> bool:
+        """Mark an open decision recorded or failed, with its outcome.
+
+        Returns:
+            False if the decision was not open (already closed, or unknown).
+        """
+        with self._lock, self._db:
+            cursor = self._db.execute(
+                "UPDATE decisions SET status=?, outcome=? WHERE id=? AND status='open'",
+                (status, json.dumps(outcome), decision_id),
+            )
+            return cursor.rowcount > 0
+
+    def merge_outcome(self, decision_id: str, extra: dict[str, Any]) -> None:
+        """Add fields (e.g. feedback quality) to a decision's outcome."""
+        with self._lock, self._db:
+            row = self._db.execute("SELECT outcome FROM decisions WHERE id=?", (decision_id,)).fetchone()
+            merged = {**(json.loads(row[0]) if row and row[0] else {}), **extra}
+            self._db.execute("UPDATE decisions SET outcome=? WHERE id=?", (json.dumps(merged), decision_id))
+
+    def recent_estimates(self, limit: int, since: float = 0.0) -> list[dict[str, dict[str, float]]]:
+        """Estimates of the latest ``limit`` decisions made at or after ``since`` (oldest first)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT estimates FROM decisions WHERE created_at >= ? ORDER BY created_at DESC LIMIT ?",
+                (since, limit),
+            ).fetchall()
+        return [json.loads(r[0]) for r in reversed(rows)]
+
+    def count(self, since: float = 0.0) -> int:
+        """Decisions made at or after ``since``."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM decisions WHERE created_at >= ?", (since,)).fetchone()[0])
+
+    def first_time(self) -> float | None:
+        """When the first decision was made (``None`` if none)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(created_at) FROM decisions").fetchone()
+        return None if row is None or row[0] is None else float(row[0])

@@ -1,0 +1,317 @@
+"""The history store: past queries with each model's recorded outcome, kept in Chroma.
+
+One record is one past query: its embedding, optionally its text and task label, and per *model profile* the
+outcome of sending it there (quality in [0, 1], prompt and completion tokens, cost in USD; any may be missing).
+Outcomes are flat Chroma metadata fields ``q|<profile>``, ``pt|<profile>``, ``ct|<profile>``, ``usd|<profile>``, so
+one top-k query returns everything the estimator needs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Outcome fields, in the order of the last axis of :attr:`Neighbours.outcomes`.
+FIELDS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
+_PREFIX = {"quality": "q", "prompt_tokens": "pt", "completion_tokens": "ct", "cost_usd": "usd"}
+_CHROMA_MAX_BATCH = 5000
+
+
+def _quiet_chroma() -> None:
+    # Chroma and onnxruntime phone home by default; a router in production must not.
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+class ModelOutcome(BaseModel):
+    """What happened when one query was sent to one model; every field may be missing.
+
+    Attributes:
+        quality: score in [0, 1].
+        prompt_tokens: tokens of the prompt.
+        completion_tokens: tokens of the answer.
+        cost_usd: what the call cost.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    quality: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    prompt_tokens: int | None = Field(default=None, ge=0)
+    completion_tokens: int | None = Field(default=None, ge=0)
+    cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    def metadata(self, profile: str) -> dict[str, float | int]:
+        """The Chroma metadata fields of this outcome (missing values are left out)."""
+        return {
+            f"{_PREFIX[name]}|{profile}": value
+            for name in FIELDS
+            if (value := getattr(self, name)) is not None
+        }
+
+
+class HistoryRecord(BaseModel):
+    """One past query and its outcomes, keyed by model profile.
+
+    Attributes:
+        id: stable identifier (importing the same row twice keeps one record).
+        embedding: the query's normalised embedding.
+        text: the query text, if it may be stored.
+        task: a task label (e.g. the benchmark the query came from).
+        outcomes: model profile → outcome.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    id: str = Field(min_length=1)
+    embedding: list[float]
+    text: str | None = None
+    task: str | None = None
+    outcomes: dict[str, ModelOutcome] = Field(default_factory=dict)
+
+    @field_validator("embedding", mode="before")
+    @classmethod
+    def _to_list(cls, value: Any) -> Any:
+        return value.tolist() if isinstance(value, np.ndarray) else value
+
+    def metadata(self) -> dict[str, Any]:
+        """All outcome fields plus the task label, as one flat Chroma metadata mapping."""
+        meta: dict[str, Any] = {"task": self.task} if self.task else {}
+        for profile, outcome in self.outcomes.items():
+            meta.update(outcome.metadata(profile))
+        return meta
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The nearest history records of a batch of queries.
+
+    Attributes:
+        ids: record ids, one list of up to k per query.
+        similarity: cosine similarity, shape ``(n, k)`` (NaN where fewer than k records exist).
+        outcomes: shape ``(n, k, len(profiles), len(FIELDS))``; NaN where an outcome is missing.
+        profiles: the profiles of the third axis.
+    """
+
+    ids: list[list[str]]
+    similarity: np.ndarray
+    outcomes: np.ndarray
+    profiles: tuple[str, ...]
+
+
+def outcome_array(metadatas: Sequence[Mapping[str, Any] | None], profiles: Sequence[str]) -> np.ndarray:
+    """Turn flat outcome metadata into an array of shape ``(len(metadatas), len(profiles), len(FIELDS))``."""
+    out = np.full((len(metadatas), len(profiles), len(FIELDS)), np.nan)
+    keys = [[f"{_PREFIX[f]}|{p}" for f in FIELDS] for p in profiles]
+    for row, meta in enumerate(metadatas):
+        if not meta:
+            continue
+        for col, profile_keys in enumerate(keys):
+            for field, key in enumerate(profile_keys):
+                value = meta.get(key)
+                if value is not None:
+                    out[row, col, field] = float(value)
+    return out
+
+
+class ChromaHistory:
+    """History records in a Chroma collection (embedded on disk, or a Chroma server).
+
+    Args:
+        path: folder of an embedded ``PersistentClient``; ignored when ``host`` is given.
+        collection: collection name.
+        host: a Chroma server host (``HttpClient``); ``None`` = embedded.
+        port: the server port.
+        client: an already built Chroma client (takes precedence over ``path`` and ``host``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        collection: str = "history",
+        host: str | None = None,
+        port: int = 8000,
+        client: Any = None,
+    ) -> None:
+        _quiet_chroma()
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False)
+        if client is None:
+            if host:
+                client = chromadb.HttpClient(host=host, port=port, settings=settings)
+            elif path is not None:
+                Path(path).mkdir(parents=True, exist_ok=True)
+                client = chromadb.PersistentClient(path=str(path), settings=settings)
+            else:
+                raise ValueError("path: give a folder for the embedded store, or a Chroma server host")
+        self._client = client
+        # embedding_function=None: Chroma's default would download a model; we always pass our own vectors.
+        self._collection = client.get_or_create_collection(
+            collection, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+        )
+        self._lock = threading.Lock()
+        self._stats: _Stats | None = None
+
+    @property
+    def name(self) -> str:
+        """The collection name."""
+        return str(self._collection.name)
+
+    def count(self) -> int:
+        """Number of records."""
+        with self._lock:
+            if self._stats is not None:
+                return self._stats.records
+        return int(self._collection.count())
+
+    def upsert(self, records: Sequence[HistoryRecord]) -> None:
+        """Insert or replace records by id (so re-importing the same rows adds nothing).
+
+        Args:
+            records: the records; written in batches Chroma accepts.
+        """
+        for start in range(0, len(records), _CHROMA_MAX_BATCH):
+            batch = records[start : start + _CHROMA_MAX_BATCH]
+            replaced = self.existing_ids([r.id for r in batch])
+            texts = [r.text for r in batch]
+            metadatas = [r.metadata() for r in batch]
+            self._collection.upsert(
+                ids=[r.id for r in batch],
+                embeddings=np.asarray([r.embedding for r in batch], dtype=np.float32),
+                metadatas=[m or None for m in metadatas],  # type: ignore[misc]
+                documents=texts if all(t is not None for t in texts) else None,  # type: ignore[arg-type]
+            )
+            with self._lock:
+                if replaced:
+                    self._stats = None  # replaced values cannot be subtracted cheaply: rescan on next use
+                elif self._stats is not None:
+                    for meta in metadatas:
+                        self._stats.add(meta, +1)
+                    self._stats.records += len(batch)
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """The subset of ``ids`` already stored."""
+        found: set[str] = set()
+        for start in range(0, len(ids), _CHROMA_MAX_BATCH):
+            got = self._collection.get(ids=list(ids[start : start + _CHROMA_MAX_BATCH]), include=[])
+            found.update(got["ids"])
+        return found
+
+    def update_outcome(self, record_id: str, profile: str, outcome: ModelOutcome) -> None:
+        """Merge ``outcome``'s present fields into one record's outcome for ``profile``.
+
+        Raises:
+            KeyError: no record has that id.
+        """
+        got = self._collection.get(ids=[record_id], include=["metadatas"])  # type: ignore[list-item]
+        if not got["ids"]:
+            raise KeyError(f"record_id: no history record {record_id!r}")
+        new = outcome.metadata(profile)
+        old = {k: v for k, v in ((got["metadatas"] or [{}])[0] or {}).items() if k in new}
+        self._collection.update(ids=[record_id], metadatas=[new])  # type: ignore[list-item]
+        with self._lock:
+            if self._stats is not None:
+                self._stats.add(old, -1)
+                self._stats.add(new, +1)
+
+    def neighbours(self, embeddings: np.ndarray, k: int, profiles: Sequence[str]) -> Neighbours:
+        """The ``k`` nearest records of each query embedding, with the outcomes of ``profiles``.
+
+        Args:
+            embeddings: shape ``(n, dimension)``.
+            k: neighbours per query (fewer when the store is smaller).
+            profiles: which profiles' outcomes to return.
+
+        Returns:
+            The neighbours of every query.
+        """
+        n = len(embeddings)
+        total = self.count()
+        width = min(k, total)
+        sims = np.full((n, k), np.nan)
+        outcomes = np.full((n, k, len(profiles), len(FIELDS)), np.nan)
+        ids: list[list[str]] = [[] for _ in range(n)]
+        if n == 0 or width == 0:
+            return Neighbours(ids, sims, outcomes, tuple(profiles))
+        result = self._collection.query(
+            query_embeddings=np.asarray(embeddings, dtype=np.float32),
+            n_results=width,
+            include=["metadatas", "distances"],  # type: ignore[list-item]
+        )
+        for row in range(n):
+            row_ids = result["ids"][row]
+            ids[row] = list(row_ids)
+            got = len(row_ids)
+            sims[row, :got] = 1.0 - np.asarray(result["distances"][row], dtype=float)  # type: ignore[index]
+            outcomes[row, :got] = outcome_array(result["metadatas"][row], profiles)  # type: ignore[index]
+        return Neighbours(ids, sims, outcomes, tuple(profiles))
+
+    def profile_means(self, profiles: Sequence[str]) -> np.ndarray:
+        """Each profile's mean outcome over the whole history, shape ``(len(profiles), len(FIELDS))`` (NaN = none).
+
+        Scanned once, then kept up to date as records are added through this object.
+        """
+        stats = self._cached_stats()
+        return np.stack([stats.mean(p) for p in profiles])
+
+    def profiles(self) -> list[str]:
+        """Every profile that has at least one outcome in the store."""
+        return sorted(self._cached_stats().sums)
+
+    def _cached_stats(self) -> _Stats:
+        with self._lock:
+            stats = self._stats
+        if stats is None:
+            stats = self._scan()
+            with self._lock:
+                self._stats = stats
+        return stats
+
+    def _scan(self) -> _Stats:
+        stats = _Stats()
+        total = self.count()
+        for offset in range(0, total, _CHROMA_MAX_BATCH):
+            page = self._collection.get(
+                include=["metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset  # type: ignore[list-item]
+            )
+            for meta in page["metadatas"] or []:
+                stats.add(meta or {}, +1)
+            stats.records += len(page["ids"])
+        return stats
+
+
+class _Stats:
+    """Running sums and counts of every profile's outcome fields."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, np.ndarray] = {}
+        self.records = 0
+
+    def add(self, meta: Mapping[str, Any], sign: int) -> None:
+        for key, value in meta.items():
+            prefix, _, profile = key.partition("|")
+            field = _FIELD_OF_PREFIX.get(prefix)
+            if field is None or not profile or value is None:
+                continue
+            self.sums.setdefault(profile, np.zeros(len(FIELDS)))[field] += sign * float(value)
+            self.counts.setdefault(profile, np.zeros(len(FIELDS)))[field] += sign
+
+    def mean(self, profile: str) -> np.ndarray:
+        if profile not in self.sums:
+            return np.full(len(FIELDS), np.nan)
+        counts = self.counts[profile]
+        return np.where(counts > 0, self.sums[profile] / np.maximum(counts, 1), np.nan)
+
+
+_FIELD_OF_PREFIX = {prefix: FIELDS.index(name) for name, prefix in _PREFIX.items()}
+

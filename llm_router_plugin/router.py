@@ -1,0 +1,649 @@
+"""The router: per query, pick the deployment with the most estimated quality for the budget it has.
+
+A decision runs in three stages, each its own method:
+
+1. **estimate** — embed the query, read its nearest past queries, estimate every deployment's quality d̂ and
+   usage ĝ (tokens: the prompt's tokens plus the estimated completion; USD: prices or recorded cost);
+2. **filter** — keep the deployments whose remaining budget in every limited unit covers this query's estimate;
+3. **select** — warm-up: budget-paced greedy, max d̂ / max_u(ĝ_u / pace_u) with pace_u = remaining_u / expected
+   remaining queries; learned: max d̂ − Σ_u λ_u ĝ_u (or the quality-target rule), λ from the dual LP.
+
+The choice is then reserved in the ledger atomically with a last affordability check; ``record`` settles the
+reservation with the actual usage and adds the outcome to history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from llm_router_plugin.budget import UNITS, BudgetLedger, Reservation, Settlement, SQLiteLedger, window_index
+from llm_router_plugin.config import DeploymentConfig, RouterConfig
+from llm_router_plugin.decisions import DecisionLog
+from llm_router_plugin.duals import Budgets, DualSolution, scores, solve_max_quality, solve_quality_target
+from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, extract_text, make_embedder
+from llm_router_plugin.errors import BudgetExhaustedError, UnknownDecisionError
+from llm_router_plugin.estimator import Estimates, KnnEstimator
+from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
+
+Phase = Literal["warmup", "learned", "fallback"]
+
+#: Decisions the dual LP is solved on at most (the most recent ones).
+MAX_SAMPLE = 4000
+_STATE_KEY = "duals"
+
+
+class Candidate(BaseModel):
+    """One deployment as the router saw it for a query.
+
+    Attributes:
+        deployment: deployment name.
+        model: its model profile.
+        quality: estimated quality d̂.
+        tokens: estimated tokens (prompt + completion).
+        usd: estimated cost in USD.
+        weights: unit → dual weight λ of this deployment's budgets (empty before the first solve).
+        score: the selection score of the phase (higher wins).
+        affordable: whether its remaining budget covers the estimate.
+        remaining: unit → remaining budget before this query (limited units only).
+    """
+
+    deployment: str
+    model: str
+    quality: float
+    tokens: float
+    usd: float
+    weights: dict[str, float] = Field(default_factory=dict)
+    score: float
+    affordable: bool
+    remaining: dict[str, float] = Field(default_factory=dict)
+
+
+class Decision(BaseModel):
+    """Where a query goes, and why.
+
+    Attributes:
+        id: pass it to ``record`` and ``feedback``.
+        deployment: the chosen deployment.
+        model: its model profile.
+        phase: ``"warmup"`` (budget-paced greedy), ``"learned"`` (dual weights) or ``"fallback"``.
+        reason: one human-readable sentence.
+        prompt_tokens: prompt tokens counted (or estimated) for the query.
+        reserved: unit → amount reserved on the chosen deployment.
+        candidates: every candidate deployment, best score first.
+        created_at: epoch seconds.
+    """
+
+    id: str
+    deployment: str
+    model: str
+    phase: Phase
+    reason: str
+    prompt_tokens: int
+    reserved: dict[str, float]
+    candidates: list[Candidate]
+    created_at: float
+
+
+class DeploymentStatus(BaseModel):
+    """Budget state of one deployment in its current window.
+
+    Attributes:
+        name: deployment name.
+        model: model profile.
+        window: the configured window.
+        window_index: which window is current (0 for ``"total"``).
+        limits: unit → budget per window.
+        spent: unit → settled usage in this window.
+        reserved: unit → live reservations in this window.
+        remaining: unit → limit − spent − reserved (limited units only).
+        weights: unit → dual weight λ.
+        fallback: whether it serves queries no deployment can afford.
+    """
+
+    name: str
+    model: str
+    window: str
+    window_index: int
+    limits: dict[str, float]
+    spent: dict[str, float]
+    reserved: dict[str, float]
+    remaining: dict[str, float]
+    weights: dict[str, float]
+    fallback: bool
+
+
+class RouterStatus(BaseModel):
+    """A snapshot of the router.
+
+    Attributes:
+        phase: ``"warmup"`` until the first dual solve, then ``"learned"``.
+        mode: the configured mode.
+        decisions: decisions made so far.
+        next_solve_at: the decision count that triggers the next re-solve.
+        history_size: records in the history store.
+        mu: quality multiplier (quality-target mode).
+        solve_notes: what the last solve reported (e.g. an unreachable quality target).
+        deployments: per-deployment budget state.
+    """
+
+    phase: Literal["warmup", "learned"]
+    mode: str
+    decisions: int
+    next_solve_at: int
+    history_size: int
+    mu: float
+    solve_notes: list[str]
+    deployments: list[DeploymentStatus]
+
+
+class _Budget:
+    """One limited unit of one deployment: a row of the LP."""
+
+    __slots__ = ("deployment", "index", "limit", "unit")
+
+    def __init__(self, index: int, deployment: DeploymentConfig, unit: str, limit: float) -> None:
+        self.index = index
+        self.deployment = deployment
+        self.unit = unit
+        self.limit = limit
+
+
+class Router:
+    """Routes queries between deployments under per-deployment budgets.
+
+    Args:
+        config: deployments, budgets and knobs.
+        embedder: overrides the embedder the config names.
+        history: overrides the Chroma store the config names.
+        ledger: overrides the SQLite ledger in ``config.data_dir``.
+        decisions: overrides the decision log in ``config.data_dir``.
+        clock: epoch-seconds clock (tests and replays pass their own).
+
+    Example:
+        >>> router = Router.from_config("router.yaml")  # doctest: +SKIP
+        >>> decision = router.route("Summarise this contract ...")  # doctest: +SKIP
+        >>> router.record(decision.id, prompt_tokens=812, completion_tokens=164)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        embedder: Embedder | None = None,
+        history: ChromaHistory | None = None,
+        ledger: BudgetLedger | None = None,
+        decisions: DecisionLog | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.embedder = embedder or make_embedder(config.embedding_model, config.embedding_threads)
+        data_dir = Path(config.data_dir)
+        self.history = history or ChromaHistory(
+            data_dir / "chroma", collection=config.collection, host=config.chroma_host, port=config.chroma_port
+        )
+        self.ledger: BudgetLedger = ledger or SQLiteLedger(data_dir / "ledger.sqlite3")
+        self.decisions = decisions or DecisionLog(data_dir / "ledger.sqlite3")
+        self.estimator = KnnEstimator(self.history, config.estimator)
+        self._clock = clock
+        self._deployments = list(config.deployments)
+        self._profiles = config.profiles
+        self._column = [self._profiles.index(d.model) for d in self._deployments]
+        self._budgets = [
+            _Budget(i, d, unit, limit)
+            for i, d in enumerate(self._deployments)
+            for unit, limit in d.budget_limits().items()
+        ]
+        self._owner = np.array([b.index for b in self._budgets], dtype=int)
+        self._solve_lock = threading.Lock()
+        self._state: dict[str, Any] = self.ledger.get_state(_STATE_KEY) or {}
+
+    @classmethod
+    def from_config(cls, source: str | Path | dict[str, Any] | RouterConfig, **kwargs: Any) -> Router:
+        """Build a router from a YAML path, a mapping or a :class:`RouterConfig`.
+
+        Args:
+            source: the config.
+            **kwargs: passed to :class:`Router` (``embedder``, ``history``, ``ledger``, ``clock`` …).
+
+        Returns:
+            The router.
+
+        Raises:
+            ValueError: the config is invalid (the message names the field).
+        """
+        if isinstance(source, RouterConfig):
+            config = source
+        elif isinstance(source, dict):
+            config = RouterConfig.from_dict(source)
+        else:
+            config = RouterConfig.from_yaml(source)
+        return cls(config, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------- routing
+
+    def route(
+        self, query: Query, *, prompt_tokens: int | None = None, deployments: Sequence[str] | None = None
+    ) -> Decision:
+        """Choose a deployment for a query and reserve its estimated usage.
+
+        Args:
+            query: prompt text or OpenAI-style chat messages.
+            prompt_tokens: exact prompt tokens if the caller counted them; else about four characters a token.
+            deployments: restrict the choice to these deployments (e.g. the healthy ones); ``None`` = all.
+
+        Returns:
+            The decision; pass ``decision.id`` to :meth:`record` when the call ends.
+
+        Raises:
+            EmptyQueryError: the query has no text.
+            ValueError: ``deployments`` names an unknown deployment or is empty.
+            BudgetExhaustedError: no allowed deployment can afford the query and none is a fallback.
+        """
+        text = extract_text(query)
+        allowed = self._allowed(deployments)
+        embedding = self.embedder.embed([text])[0]
+        return self._decide(text, embedding, prompt_tokens, allowed)
+
+    async def aroute(
+        self, query: Query, *, prompt_tokens: int | None = None, deployments: Sequence[str] | None = None
+    ) -> Decision:
+        """Async :meth:`route`: embedding, store and ledger work run off the event loop."""
+        text = extract_text(query)
+        allowed = self._allowed(deployments)
+        embedding = (await self.embedder.aembed([text]))[0]
+        return await asyncio.to_thread(self._decide, text, embedding, prompt_tokens, allowed)
+
+    def _allowed(self, deployments: Sequence[str] | None) -> list[int]:
+        if deployments is None:
+            return list(range(len(self._deployments)))
+        names = [d.name for d in self._deployments]
+        unknown = [n for n in deployments if n not in names]
+        if unknown:
+            raise ValueError(f"deployments: unknown deployment names {unknown} (known: {names})")
+        if not deployments:
+            raise ValueError("deployments: an empty list leaves nothing to route to")
+        return sorted({names.index(n) for n in deployments})
+
+    def _decide(self, text: str, embedding: np.ndarray, prompt_tokens: int | None, allowed: list[int]) -> Decision:
+        now = self._clock()
+        tokens_in = prompt_tokens if prompt_tokens is not None else estimate_tokens(text)
+        estimates = self.estimator.estimate(embedding[None, :], self._profiles)
+        quality, usage = self._deployment_estimates(estimates, tokens_in)
+        self._maybe_solve(now)
+        remaining = self._remaining(now)
+        affordable = [i for i in allowed if self._covers(remaining[i], usage[i])]
+        phase: Phase = "learned" if self._learned else "warmup"
+        score = self._scores(phase, quality, usage, remaining, now)
+        for _ in range(len(affordable)):
+            if not affordable:
+                break
+            best = max(affordable, key=lambda i: score[i])
+            decision_id = uuid.uuid4().hex
+            if self._reserve(decision_id, best, usage[best], now, enforce=True):
+                return self._finish(decision_id, best, phase, text, embedding, tokens_in, quality, usage, score,
+                                    remaining, affordable, now)
+            affordable.remove(best)  # another request took the budget between the check and the hold
+        return self._fallback(text, embedding, tokens_in, quality, usage, score, remaining, allowed, now)
+
+    def _fallback(
+        self, text: str, embedding: np.ndarray, tokens_in: int, quality: np.ndarray, usage: list[dict[str, float]],
+        score: np.ndarray, remaining: list[dict[str, float]], allowed: list[int], now: float,
+    ) -> Decision:
+        fallbacks = [i for i in allowed if self._deployments[i].fallback]
+        if not fallbacks:
+            raise BudgetExhaustedError({self._deployments[i].name: remaining[i] for i in allowed})
+        best = max(fallbacks, key=lambda i: quality[i])
+        decision_id = uuid.uuid4().hex
+        self._reserve(decision_id, best, usage[best], now, enforce=False)
+        return self._finish(decision_id, best, "fallback", text, embedding, tokens_in, quality, usage, score,
+                            remaining, [], now)
+
+    def _deployment_estimates(self, estimates: Estimates, tokens_in: int) -> tuple[np.ndarray, list[dict[str, float]]]:
+        quality = estimates.quality[0, self._column]
+        usage = []
+        for deployment, col in zip(self._deployments, self._column, strict=True):
+            completion = float(estimates.completion_tokens[0, col])
+            if deployment.input_usd_per_mtok is not None or deployment.output_usd_per_mtok is not None:
+                usd = (tokens_in * (deployment.input_usd_per_mtok or 0.0)
+                       + completion * (deployment.output_usd_per_mtok or 0.0)) / 1e6
+            else:
+                usd = float(np.nan_to_num(estimates.cost_usd[0, col]))
+            usage.append({"tokens": tokens_in + completion, "usd": usd})
+        return quality, usage
+
+    @staticmethod
+    def _covers(remaining: dict[str, float], usage: dict[str, float]) -> bool:
+        return all(usage[unit] <= left for unit, left in remaining.items())
+
+    def _scores(
+        self, phase: Phase, quality: np.ndarray, usage: list[dict[str, float]], remaining: list[dict[str, float]],
+        now: float,
+    ) -> np.ndarray:
+        if phase == "warmup":
+            pace = self._pace(remaining, now)
+            ratio = np.array([
+                max((usage[i][u] / pace[i][u] if pace[i][u] > 0 else np.inf) for u in pace[i]) if pace[i] else 0.0
+                for i in range(len(self._deployments))
+            ])
+            # A deployment without limits costs no budget: it wins by quality alone.
+            return quality / np.maximum(ratio, 1e-12)
+        g = np.array([[usage[b.index][b.unit] for b in self._budgets]])
+        solution = self._solution()
+        cost = None
+        if self.config.mode == "quality_target" and solution.feasible:
+            cost = np.array([[u[self.config.cost_unit] for u in usage]])
+        return scores(quality[None, :], g, self._owner, solution, cost)[0]
+
+    # ----------------------------------------------------------------------------------------------- budgets
+
+    def _window(self, deployment: DeploymentConfig, now: float) -> int:
+        return window_index(self.ledger.anchor, deployment.window_seconds, now)
+
+    def _remaining(self, now: float) -> list[dict[str, float]]:
+        out = []
+        for deployment in self._deployments:
+            limits = deployment.budget_limits()
+            if not limits:
+                out.append({})
+                continue
+            spent, held = self.ledger.usage(deployment.name, self._window(deployment, now), now)
+            out.append({u: limit - spent[u] - held[u] for u, limit in limits.items()})
+        return out
+
+    def _reserve(self, decision_id: str, index: int, usage: dict[str, float], now: float, enforce: bool) -> bool:
+        deployment = self._deployments[index]
+        return self.ledger.try_reserve(
+            Reservation(
+                decision_id=decision_id,
+                deployment=deployment.name,
+                window=self._window(deployment, now),
+                amounts={u: max(0.0, usage[u]) for u in UNITS},
+                limits=deployment.budget_limits() if enforce else {},
+                expires_at=now + self.config.reservation_timeout_s,
+            ),
+            now,
+        )
+
+    def _expected_remaining(self, deployment: DeploymentConfig, now: float) -> float:
+        """Queries still expected in the deployment's current window (at least 1)."""
+        seen = self.decisions.count()
+        window = deployment.window_seconds
+        if window is None:
+            if self.config.expected_queries is not None:
+                return float(max(1, self.config.expected_queries - seen))
+            # Volume unknown: assume as many queries are still to come as have come (at least a warm-up's worth).
+            return float(max(seen, self.config.warmup_queries))
+        start = self.ledger.anchor + self._window(deployment, now) * window
+        left = max(0.0, start + window - now) / window
+        if self.config.expected_queries is not None:
+            return max(1.0, self.config.expected_queries * left)
+        first = self.decisions.first_time()
+        elapsed = now - first if first is not None else 0.0
+        rate = seen / elapsed if elapsed > 0 else float(self.config.warmup_queries) / window
+        return max(1.0, rate * window * left)
+
+    def _pace(self, remaining: list[dict[str, float]], now: float) -> list[dict[str, float]]:
+        return [
+            {u: max(0.0, left) / self._expected_remaining(d, now) for u, left in remaining[i].items()}
+            for i, d in enumerate(self._deployments)
+        ]
+
+    # ----------------------------------------------------------------------------------------------- duals
+
+    @property
+    def _learned(self) -> bool:
+        return "solved_at" in self._state
+
+    def _solution(self) -> DualSolution:
+        lambdas = self._state.get("lambdas") or {}
+        return DualSolution(
+            np.array([lambdas.get(b.deployment.name, {}).get(b.unit, 0.0) for b in self._budgets], dtype=float),
+            mu=float(self._state.get("mu", 0.0)),
+            feasible=bool(self._state.get("feasible", True)),
+        )
+
+    def _window_key(self, now: float) -> list[int]:
+        return [self._window(d, now) for d in self._deployments]
+
+    def _maybe_solve(self, now: float) -> None:
+        count = self.decisions.count()
+        due = count >= self._state.get("next_solve_at", self.config.warmup_queries)
+        reset = self._learned and self._state.get("window_key") != self._window_key(now)
+        if due or reset:
+            with self._solve_lock:
+                if self.decisions.count() >= self._state.get("next_solve_at", self.config.warmup_queries) or reset:
+                    self.resolve(now)
+
+    def resolve(self, now: float | None = None) -> DualSolution:
+        """Re-solve the dual weights now, on the recent decisions, with remaining budget over remaining volume.
+
+        Called automatically after W, 2W, 4W … decisions and when a budget window resets.
+
+        Args:
+            now: the clock.
+
+        Returns:
+            The new weights (also persisted with the ledger).
+        """
+        now = self._clock() if now is None else now
+        sample = self._sample()
+        count = self.decisions.count()
+        remaining = self._remaining(now)
+        amounts = np.array([
+            max(0.0, remaining[b.index][b.unit]) * len(sample) / self._expected_remaining(b.deployment, now)
+            for b in self._budgets
+        ])
+        quality = np.array([[row[d.name]["quality"] for d in self._deployments] for row in sample]).reshape(
+            len(sample), len(self._deployments)
+        )
+        usage = np.array([[row[b.deployment.name][b.unit] for b in self._budgets] for row in sample]).reshape(
+            len(sample), len(self._budgets)
+        )
+        budgets = Budgets(self._owner, amounts)
+        if self.config.mode == "quality_target":
+            cost = np.array([[row[d.name][self.config.cost_unit] for d in self._deployments] for row in sample])
+            solution = solve_quality_target(
+                quality, usage, budgets, cost.reshape(quality.shape), float(self.config.quality_target or 0.0)
+            )
+        else:
+            solution = solve_max_quality(quality, usage, budgets)
+        lambdas: dict[str, dict[str, float]] = {}
+        for b, value in zip(self._budgets, solution.lambdas, strict=True):
+            lambdas.setdefault(b.deployment.name, {})[b.unit] = float(value) if np.isfinite(value) else 1e300
+        self._state = {
+            "lambdas": lambdas,
+            "mu": solution.mu,
+            "feasible": solution.feasible,
+            "notes": solution.notes,
+            "solved_at": count,
+            "next_solve_at": max(2 * count, self.config.warmup_queries),
+            "window_key": self._window_key(now),
+            "sample_size": len(sample),
+        }
+        self.ledger.set_state(_STATE_KEY, self._state)
+        return solution
+
+    def _sample(self) -> list[dict[str, dict[str, float]]]:
+        names = {d.name for d in self._deployments}
+        # Rows logged under another set of deployments (the config changed) cannot join the LP.
+        return [row for row in self.decisions.recent_estimates(MAX_SAMPLE) if names <= row.keys()]
+
+    # ----------------------------------------------------------------------------------------------- finishing
+
+    def _finish(
+        self, decision_id: str, chosen: int, phase: Phase, text: str, embedding: np.ndarray, tokens_in: int,
+        quality: np.ndarray, usage: list[dict[str, float]], score: np.ndarray, remaining: list[dict[str, float]],
+        affordable: list[int], now: float,
+    ) -> Decision:
+        weights = self._state.get("lambdas") or {}
+        candidates = [
+            Candidate(
+                deployment=d.name, model=d.model, quality=float(quality[i]), tokens=usage[i]["tokens"],
+                usd=usage[i]["usd"], weights=dict(weights.get(d.name, {})),
+                score=float(score[i]) if np.isfinite(score[i]) else -1e300,
+                affordable=i in affordable, remaining=remaining[i],
+            )
+            for i, d in enumerate(self._deployments)
+        ]
+        candidates.sort(key=lambda c: c.score, reverse=True)
+        chosen_dep = self._deployments[chosen]
+        self.decisions.add(
+            decision_id, chosen_dep.name, chosen_dep.model, phase, embedding,
+            text if self.config.store_prompts else None,
+            {d.name: {"quality": float(quality[i]), **usage[i]} for i, d in enumerate(self._deployments)},
+            created_at=now,
+        )
+        return Decision(
+            id=decision_id, deployment=chosen_dep.name, model=chosen_dep.model, phase=phase,
+            reason=self._reason(phase, chosen_dep, quality[chosen], score[chosen], len(affordable)),
+            prompt_tokens=tokens_in, reserved={u: max(0.0, usage[chosen][u]) for u in UNITS},
+            candidates=candidates, created_at=now,
+        )
+
+    def _reason(self, phase: Phase, deployment: DeploymentConfig, quality: float, score: float, n: int) -> str:
+        if phase == "fallback":
+            return f"no deployment could afford the query; sent to fallback {deployment.name} (budget not enforced)"
+        rule = "budget-paced greedy (warm-up)" if phase == "warmup" else "max quality − λ·cost (learned duals)"
+        if phase == "learned" and self.config.mode == "quality_target":
+            rule = f"min cost − μ·quality for mean quality ≥ {self.config.quality_target} (learned duals)"
+        return f"{rule}: best of {n} affordable deployment(s), est. quality {quality:.3f}, score {score:.4g}"
+
+    # ----------------------------------------------------------------------------------------------- outcomes
+
+    def record(
+        self,
+        decision_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float | None = None,
+        latency_s: float | None = None,
+        error: str | None = None,
+        quality: float | None = None,
+    ) -> Settlement | None:
+        """Settle a decision with its actual usage and add the outcome to history.
+
+        A failed call (``error`` set) that reports no tokens releases its reservation and adds nothing to history.
+
+        Args:
+            decision_id: from :meth:`route`.
+            prompt_tokens: actual prompt tokens.
+            completion_tokens: actual completion tokens.
+            cost_usd: actual cost; ``None`` = from the deployment's prices, else the reserved estimate.
+            latency_s: call latency, kept in the decision log.
+            error: the error message of a failed call.
+            quality: a quality score in [0, 1] if already known (else use :meth:`feedback` later).
+
+        Returns:
+            The settlement, or ``None`` if the decision was already recorded.
+
+        Raises:
+            UnknownDecisionError: no such decision.
+            ValueError: a negative token count or cost, or a quality outside [0, 1].
+        """
+        if prompt_tokens < 0 or completion_tokens < 0 or (cost_usd is not None and cost_usd < 0):
+            raise ValueError("prompt_tokens/completion_tokens/cost_usd: must not be negative")
+        if quality is not None and not 0.0 <= quality <= 1.0:
+            raise ValueError(f"quality: must be in [0, 1], got {quality}")
+        logged = self.decisions.get(decision_id)
+        if logged is None:
+            raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
+        outcome = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost_usd,
+                   "latency_s": latency_s, "error": error, "quality": quality}
+        if error is not None and prompt_tokens + completion_tokens == 0:
+            if self.decisions.close_decision(decision_id, "failed", outcome):
+                self.ledger.release(decision_id)
+            return None
+        if not self.decisions.close_decision(decision_id, "failed" if error else "recorded", outcome):
+            return None
+        deployment = self.config.deployment(logged.deployment)
+        usd = cost_usd if cost_usd is not None else self._price(deployment, prompt_tokens, completion_tokens)
+        if usd is None:
+            usd = logged.estimates.get(deployment.name, {}).get("usd", 0.0)
+        settlement = self.ledger.settle(decision_id, {"tokens": prompt_tokens + completion_tokens, "usd": usd},
+                                        self._clock())
+        if error is None and self.config.learn_online:
+            self.history.upsert([HistoryRecord(
+                id=decision_id, embedding=logged.embedding, text=logged.text,
+                outcomes={logged.profile: ModelOutcome(
+                    quality=quality, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=usd,
+                )},
+            )])
+        return settlement
+
+    async def arecord(self, decision_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float | None = None,
+                      latency_s: float | None = None, error: str | None = None,
+                      quality: float | None = None) -> Settlement | None:
+        """Async :meth:`record` (runs in a worker thread)."""
+        return await asyncio.to_thread(
+            self.record, decision_id, prompt_tokens, completion_tokens, cost_usd, latency_s, error, quality
+        )
+
+    @staticmethod
+    def _price(deployment: DeploymentConfig, prompt_tokens: int, completion_tokens: int) -> float | None:
+        if deployment.input_usd_per_mtok is None and deployment.output_usd_per_mtok is None:
+            return None
+        return (prompt_tokens * (deployment.input_usd_per_mtok or 0.0)
+                + completion_tokens * (deployment.output_usd_per_mtok or 0.0)) / 1e6
+
+    def feedback(self, decision_id: str, quality: float) -> None:
+        """Attach a quality score (e.g. a thumbs-up as 1.0) to a recorded decision's history outcome.
+
+        Args:
+            decision_id: from :meth:`route`.
+            quality: score in [0, 1].
+
+        Raises:
+            UnknownDecisionError: no such decision.
+            ValueError: quality outside [0, 1], or the decision has no recorded outcome yet.
+        """
+        if not 0.0 <= quality <= 1.0:
+            raise ValueError(f"quality: must be in [0, 1], got {quality}")
+        logged = self.decisions.get(decision_id)
+        if logged is None:
+            raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
+        if logged.status != "recorded":
+            raise ValueError(f"decision_id: decision {decision_id!r} is {logged.status}; record it before feedback")
+        self.decisions.merge_outcome(decision_id, {"quality": quality})
+        if self.config.learn_online:
+            self.history.update_outcome(decision_id, logged.profile, ModelOutcome(quality=quality))
+
+    async def afeedback(self, decision_id: str, quality: float) -> None:
+        """Async :meth:`feedback`."""
+        await asyncio.to_thread(self.feedback, decision_id, quality)
+
+    # ----------------------------------------------------------------------------------------------- status
+
+    def status(self) -> RouterStatus:
+        """Budgets, spend, reservations, weights, phase and history size."""
+        now = self._clock()
+        weights = self._state.get("lambdas") or {}
+        rows = []
+        for deployment in self._deployments:
+            window = self._window(deployment, now)
+            spent, held = self.ledger.usage(deployment.name, window, now)
+            limits = deployment.budget_limits()
+            rows.append(DeploymentStatus(
+                name=deployment.name, model=deployment.model, window=deployment.window, window_index=window,
+                limits=limits, spent=spent, reserved=held,
+                remaining={u: limit - spent[u] - held[u] for u, limit in limits.items()},
+                weights=dict(weights.get(deployment.name, {})), fallback=deployment.fallback,
+            ))
+        return RouterStatus(
+            phase="learned" if self._learned else "warmup", mode=self.config.mode, decisions=self.decisions.count(),
+            next_solve_at=int(self._state.get("next_solve_at", self.config.warmup_queries)),
+            history_size=self.history.count(), mu=float(self._state.get("mu", 0.0)),
+            solve_notes=list(self._state.get("notes", [])), deployments=rows,
+        )
+
+    async def astatus(self) -> RouterStatus:
+        """Async :meth:`status`."""
+        return await asyncio.to_thread(self.status)
