@@ -93,19 +93,26 @@ class EstimatorConfig(BaseModel):
     """How neighbours become estimates.
 
     Attributes:
-        k: neighbours per query.
+        k: neighbours averaged per query and outcome (the nearest that recorded it).
+        pool: neighbours read per query (at least ``k`` are read); those beyond the k used form the query's region.
+        region_weight: pseudo-count pulling the k-neighbour mean toward the region's mean (0 = plain k-NN).
         weighting: ``"uniform"`` (plain mean, as PORT) or ``"similarity"`` (weights grow with cosine similarity).
         temperature: softness of similarity weights: weight = exp(similarity / temperature).
         shrinkage: pseudo-count pulling a neighbour mean toward the model's global mean (0 = none).
+        tie_break: weight t of a deterministic per-(query, profile) offset u ∈ [0, 1): quality (1 − t)·d̂ + t·u, so
+            that queries with identical neighbours get distinct estimates (0 = off).
         default_completion_tokens: completion-token prior for a model that history has no token counts for.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     k: int = Field(default=5, ge=1, le=200)
+    pool: int = Field(default=50, ge=1, le=500)
+    region_weight: float = Field(default=0.0, ge=0)
     weighting: Literal["uniform", "similarity"] = "uniform"
     temperature: float = Field(default=0.05, gt=0)
     shrinkage: float = Field(default=0.0, ge=0)
+    tie_break: float = Field(default=1e-3, ge=0, le=0.1)
     default_completion_tokens: int = Field(default=256, ge=0)
 
 
@@ -128,6 +135,8 @@ class RouterConfig(BaseModel):
         embedding_model: sentence-transformers model name or path; ``None`` = the bundled all-MiniLM-L6-v2.
         embedding_threads: torch CPU threads for embedding; ``None`` = torch's default.
         reservation_timeout_s: a reservation that is never recorded is released after this many seconds.
+        reserve_margin: reserve the estimate times (1 + margin), so that a call costing a little more than its
+            estimate still fits the budget; the reservation is replaced by the actual usage when recorded.
         store_prompts: keep query texts in history and the decision log (off: embeddings only).
         learn_online: add every recorded outcome to history, so estimates improve with traffic.
         estimator: neighbour and estimate settings.
@@ -148,6 +157,7 @@ class RouterConfig(BaseModel):
     embedding_model: str | None = None
     embedding_threads: int | None = Field(default=None, ge=1)
     reservation_timeout_s: float = Field(default=600.0, gt=0)
+    reserve_margin: float = Field(default=0.2, ge=0)
     store_prompts: bool = False
     learn_online: bool = True
     estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)

@@ -2,8 +2,8 @@
 
 A file (gzip or plain CSV, or JSONL with the same keys) has the columns ``prompt``, ``eval_name``, ``split``,
 ``sample_id``, then per model ``M``: ``M`` (quality in [0, 1]) and optionally ``M|total_cost`` (USD),
-``M|prompt_tokens`` and ``M|completion_tokens``. An empty cell is a missing value; ``nan``, ``inf``, out-of-range
-scores and negative costs or counts are errors that reject their row.
+``M|prompt_tokens``, ``M|completion_tokens`` and ``M|response`` (the model's answer text). An empty cell is a missing
+value; ``nan``, ``inf``, out-of-range scores and negative costs or counts are errors that reject their row.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
 
 _BASE_COLUMNS = ("prompt", "eval_name", "split", "sample_id")
 _SUFFIX = {"total_cost": "cost_usd", "prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens"}
+_ANSWER_SUFFIX = "response"
 # The CSV module's default field limit (128 KiB) is below some real prompts.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -42,6 +43,7 @@ class DataRow:
         split: the source's own split label.
         sample_id: the source's id.
         outcomes: model → outcome.
+        answers: model → the answer text it gave, where the file records one.
     """
 
     line: int
@@ -50,6 +52,7 @@ class DataRow:
     split: str
     sample_id: str
     outcomes: dict[str, ModelOutcome] = field(default_factory=dict)
+    answers: dict[str, str] = field(default_factory=dict)
 
     @property
     def record_id(self) -> str:
@@ -128,7 +131,7 @@ def _models(keys: Sequence[str]) -> list[str]:
         if key in _BASE_COLUMNS or key.startswith("__"):
             continue
         model, _, suffix = key.partition("|")
-        if suffix and suffix not in _SUFFIX:
+        if suffix and suffix not in _SUFFIX and suffix != _ANSWER_SUFFIX:
             continue
         if model not in models:
             models.append(model)
@@ -149,8 +152,10 @@ def _parse_row(line: int, raw: dict[str, Any], models: list[str]) -> DataRow:
             fields[name] = int(value) if value is not None and name != "cost_usd" else value
         if any(v is not None for v in fields.values()):
             outcomes[model] = ModelOutcome(**fields)
+    answers = {model: text for model in models
+               if isinstance(text := raw.get(f"{model}|{_ANSWER_SUFFIX}"), str) and text}
     return DataRow(line, prompt, str(raw.get("eval_name") or ""), str(raw.get("split") or ""),
-                   str(raw.get("sample_id") or line), outcomes)
+                   str(raw.get("sample_id") or line), outcomes, answers)
 
 
 def read_data(path: str | Path) -> DataFile:

@@ -23,6 +23,9 @@ from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, csr_matrix, hstack, vstack
 
 
+_LOW_END = 1e-7
+
+
 @dataclass(frozen=True)
 class Budgets:
     """The budget constraints of a routing LP.
@@ -124,13 +127,16 @@ def solve_max_quality(quality: np.ndarray, usage: np.ndarray, budgets: Budgets) 
     g = _budget_matrix(quality, scaled, budgets)
     # β_j + Σ λ_r g_rj ≥ d_ij  →  −β_j − Σ λ_r g_rj ≤ −d_ij
     a_ub = -hstack([g, _pair_to_query(n, m).T], format="csr")
-    cost = np.concatenate([np.where(zero, 0.0, 1.0), np.ones(n)])
+    # The dual optimum is often a whole segment of λ (0/1 quality data makes it so); a tiny extra price on λ picks
+    # its low end, where only the marginal query ties and every other query is strictly on one side.
+    cost = np.concatenate([np.where(zero, 0.0, 1.0 + _LOW_END), np.ones(n)])
     res = linprog(cost, A_ub=a_ub, b_ub=-quality.ravel(), bounds=(0, None), method="highs")
     if res.status != 0:
         raise RuntimeError(f"HiGHS could not solve the dual LP: {res.message}")
+    objective = float(np.sum(np.where(zero, 0.0, res.x[:r])) + np.sum(res.x[r:]))
     lambdas = res.x[:r] / scale
     lambdas[zero] = np.inf
-    return DualSolution(lambdas, objective=float(res.fun), sample_size=n)
+    return DualSolution(lambdas, objective=objective, sample_size=n)
 
 
 def solve_quality_target(
@@ -202,3 +208,20 @@ def scores(
     if cost is None:
         return quality - penalty
     return solution.mu * quality - cost - penalty
+
+
+def pick(score: np.ndarray, share: np.ndarray, candidates: list[int]) -> int:
+    """The best candidate by score; near-ties (1e-9) go to the one using the smallest share of its budget.
+
+    The optimal duals sit at a kink of the dual objective, where some queries score the same on two deployments
+    (common with 0/1 quality data); the LP splits such a query, the router sends it to the cheaper side.
+
+    Args:
+        score: score per deployment.
+        share: the fraction of its budget each deployment would spend on this query.
+        candidates: deployment indices to choose from (not empty).
+
+    Returns:
+        The chosen index.
+    """
+    return max(candidates, key=lambda i: (round(float(score[i]), 9), -float(share[i])))

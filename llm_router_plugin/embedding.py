@@ -149,9 +149,12 @@ class SentenceTransformerEmbedder:
         # Loading a local path must never reach a hub; a name is looked up in the local cache only.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar would pollute `llm-router route --json`
         if self._threads is not None:
             torch.set_num_threads(self._threads)
         path = self._model_ref or default_model_path()

@@ -1,13 +1,20 @@
 """Per-query estimates of each model's quality and cost, from the nearest past queries.
 
-For a query, the estimator reads its k nearest history records and averages, per model profile, the outcomes
-those neighbours recorded. A neighbour without a profile's outcome is skipped for that profile; a profile with
-no neighbour outcome falls back to its mean over all history, and then to the configured prior.
+For a query, the estimator reads its ``pool`` nearest history records and averages, per model profile and outcome
+field, the k nearest that recorded that field; a neighbour without it is skipped, so traffic recorded without a
+quality score never crowds out the records that have one. That mean is shrunk toward the mean of the rest of the
+pool (the query's region), which steadies it when the k nearest are few or noisy. A profile with no neighbour
+outcome falls back to its mean over all history, and then to the configured prior.
+
+Queries whose neighbours are the same get the same estimates, and the dual rule would then serve all or none of
+them. A tiny deterministic offset per (query, profile) makes their quality estimates distinct, so that the learned
+price splits such a group the way the LP's fractional solution does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -44,6 +51,9 @@ class Estimates:
         completion_tokens: estimated completion tokens.
         cost_usd: estimated cost in USD (NaN where history has no cost).
         support: how many neighbours had a quality outcome for the profile.
+        completion_tokens_high: the most completion tokens a neighbour recorded (at least the estimate).
+        cost_usd_high: the highest cost a neighbour recorded (at least the estimate): what a reservation holds so
+            that a call costing more than average still fits its budget.
     """
 
     profiles: tuple[str, ...]
@@ -52,6 +62,8 @@ class Estimates:
     completion_tokens: np.ndarray
     cost_usd: np.ndarray
     support: np.ndarray
+    completion_tokens_high: np.ndarray
+    cost_usd_high: np.ndarray
 
 
 def neighbour_weights(similarity: np.ndarray, config: EstimatorConfig) -> np.ndarray:
@@ -65,39 +77,70 @@ def neighbour_weights(similarity: np.ndarray, config: EstimatorConfig) -> np.nda
     return np.where(present, weights, 0.0)
 
 
-def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig) -> Estimates:
-    """Turn neighbours into estimates (weighted means, shrunk toward ``means``, with fallbacks).
-
-    Args:
-        neighbours: the queries' nearest records.
-        means: each profile's global mean outcome, shape ``(len(profiles), len(FIELDS))``.
-        config: weighting, shrinkage and priors.
-
-    Returns:
-        The estimates for every query and profile.
-    """
-    weights = neighbour_weights(neighbours.similarity, config)[:, :, None, None]
-    values = neighbours.outcomes
-    has = ~np.isnan(values)
-    weight_sum = np.sum(np.where(has, weights, 0.0), axis=1)
-    value_sum = np.sum(np.where(has, weights * np.nan_to_num(values), 0.0), axis=1)
+def _prior(means: np.ndarray, config: EstimatorConfig) -> np.ndarray:
+    """The global means, with the configured priors where history has nothing."""
     prior = means.copy()
     prior[:, _QUALITY] = np.where(np.isnan(prior[:, _QUALITY]), PRIOR_QUALITY, prior[:, _QUALITY])
     prior[:, _COMPLETION] = np.where(
         np.isnan(prior[:, _COMPLETION]), config.default_completion_tokens, prior[:, _COMPLETION]
     )
+    return prior
+
+
+def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig) -> Estimates:
+    """Turn neighbours into estimates (weighted means, shrunk toward the region and ``means``, with fallbacks).
+
+    Each field of each profile is estimated from the ``k`` nearest neighbours that recorded it (neighbours must come
+    nearest first); the remaining neighbours that recorded it form the query's region, whose plain mean counts as
+    ``region_weight`` pseudo-observations, and the global mean counts as ``shrinkage`` more.
+
+    Args:
+        neighbours: the queries' nearest records, nearest first.
+        means: each profile's global mean outcome, shape ``(len(profiles), len(FIELDS))``.
+        config: k, weighting, region weight, shrinkage and priors.
+
+    Returns:
+        The estimates for every query and profile.
+    """
+    values = neighbours.outcomes
+    has = ~np.isnan(values)
+    # Records without a field (e.g. traffic recorded without a quality score) must not crowd out those with it.
+    near = has & (np.cumsum(has, axis=1) <= config.k)
+    region = has & ~near
+    weights = neighbour_weights(neighbours.similarity, config)[:, :, None, None]
+    filled = np.nan_to_num(values)
+    weight_sum = np.sum(np.where(near, weights, 0.0), axis=1)
+    value_sum = np.sum(np.where(near, weights * filled, 0.0), axis=1)
+    region_count = region.sum(axis=1)
+    region_weight = config.region_weight * (region_count > 0)
+    region_mean = np.sum(np.where(region, filled, 0.0), axis=1) / np.maximum(region_count, 1)
+    prior = _prior(means, config)
     shrink = config.shrinkage * ~np.isnan(prior)[None]
+    total = weight_sum + region_weight + shrink
     with np.errstate(invalid="ignore", divide="ignore"):
-        estimate = (value_sum + shrink * np.nan_to_num(prior)[None]) / (weight_sum + shrink)
-    estimate = np.where(weight_sum + shrink > 0, estimate, prior[None])
+        estimate = (value_sum + region_weight * region_mean + shrink * np.nan_to_num(prior)[None]) / total
+    estimate = np.where(total > 0, estimate, prior[None])
+    high = np.fmax(estimate, np.max(np.where(has, values, -np.inf), axis=1))
     return Estimates(
         profiles=neighbours.profiles,
         quality=np.clip(estimate[:, :, _QUALITY], 0.0, 1.0),
         prompt_tokens=estimate[:, :, _PROMPT],
         completion_tokens=estimate[:, :, _COMPLETION],
         cost_usd=estimate[:, :, _COST],
-        support=has[:, :, :, _QUALITY].sum(axis=1),
+        support=near[:, :, :, _QUALITY].sum(axis=1),
+        completion_tokens_high=high[:, :, _COMPLETION],
+        cost_usd_high=high[:, :, _COST],
     )
+
+
+def tie_offsets(embeddings: np.ndarray, profiles: list[str]) -> np.ndarray:
+    """A deterministic number in [0, 1) per (query, profile), hashed from the embedding and the profile name."""
+    out = np.empty((len(embeddings), len(profiles)))
+    for row, vector in enumerate(np.asarray(embeddings, dtype=np.float32)):
+        for col, profile in enumerate(profiles):
+            digest = hashlib.blake2b(vector.tobytes() + profile.encode("utf-8"), digest_size=8).digest()
+            out[row, col] = int.from_bytes(digest, "little") / 2.0**64
+    return out
 
 
 class KnnEstimator:
@@ -127,5 +170,12 @@ class KnnEstimator:
         Returns:
             Estimates of shape ``(n, len(profiles))`` per field.
         """
-        neighbours = self._history.neighbours(np.atleast_2d(embeddings), self._config.k, profiles)
-        return combine(neighbours, self._history.profile_means(profiles), self._config)
+        embeddings = np.atleast_2d(embeddings)
+        read = max(self._config.k, self._config.pool)
+        neighbours = self._history.neighbours(embeddings, read, profiles)
+        estimates = combine(neighbours, self._history.profile_means(profiles), self._config)
+        if self._config.tie_break <= 0:
+            return estimates
+        # (1 − t)·d̂ + t·u stays in [0, 1] and keeps the order of estimates that differ by more than t.
+        t = self._config.tie_break
+        return replace(estimates, quality=(1.0 - t) * estimates.quality + t * tie_offsets(embeddings, profiles))

@@ -28,7 +28,14 @@ from pydantic import BaseModel, Field
 from llm_router_plugin.budget import UNITS, BudgetLedger, Reservation, Settlement, SQLiteLedger, window_index
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.decisions import DecisionLog
-from llm_router_plugin.duals import Budgets, DualSolution, scores, solve_max_quality, solve_quality_target
+from llm_router_plugin.duals import (
+    Budgets,
+    DualSolution,
+    pick,
+    scores,
+    solve_max_quality,
+    solve_quality_target,
+)
 from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, extract_text, make_embedder
 from llm_router_plugin.errors import BudgetExhaustedError, UnknownDecisionError
 from llm_router_plugin.estimator import Estimates, KnnEstimator
@@ -52,7 +59,7 @@ class Candidate(BaseModel):
         usd: estimated cost in USD.
         weights: unit → dual weight λ of this deployment's budgets (empty before the first solve).
         score: the selection score of the phase (higher wins).
-        affordable: whether its remaining budget covers the estimate.
+        affordable: whether its remaining budget covers the estimate (with the reserve margin).
         remaining: unit → remaining budget before this query (limited units only).
     """
 
@@ -280,17 +287,28 @@ class Router:
         quality, usage = self._deployment_estimates(estimates, tokens_in)
         self._maybe_solve(now)
         remaining = self._remaining(now)
-        affordable = [i for i in allowed if self._covers(remaining[i], usage[i])]
+        affordable = [i for i in allowed if self._covers(remaining[i], self._held(usage[i]))]
         phase: Phase = "learned" if self._learned else "warmup"
         score = self._scores(phase, quality, usage, remaining, now)
+        if phase == "warmup":
+            # Before any price is learned, spend no faster than the pace: budget left per query still expected.
+            pace = self._pace(remaining, now)
+            affordable = [i for i in affordable if all(usage[i][u] <= pace[i][u] for u in pace[i])]
+        elif self.config.mode == "max_quality":
+            # As in the LP, serve a query only where its estimated quality covers the price λ·ĝ of the budget it
+            # would use (score ≥ 0); below that, the budget is worth more to the queries still expected.
+            affordable = [i for i in affordable if score[i] >= 0]
+        share = self._budget_share(usage)
         for _ in range(len(affordable)):
             if not affordable:
                 break
-            best = max(affordable, key=lambda i: score[i])
+            best = pick(score, share, affordable)
             decision_id = uuid.uuid4().hex
             if self._reserve(decision_id, best, usage[best], now, enforce=True):
-                return self._finish(decision_id, best, phase, text, embedding, tokens_in, quality, usage, score,
-                                    remaining, affordable, now)
+                decision = self._finish(decision_id, best, phase, text, embedding, tokens_in, quality, usage, score,
+                                        remaining, affordable, now)
+                self._maybe_solve(now)  # this decision may complete the warm-up or a doubling step
+                return decision
             affordable.remove(best)  # another request took the budget between the check and the hold
         return self._fallback(text, embedding, tokens_in, quality, usage, score, remaining, allowed, now)
 
@@ -300,6 +318,9 @@ class Router:
     ) -> Decision:
         fallbacks = [i for i in allowed if self._deployments[i].fallback]
         if not fallbacks:
+            # A refused query is traffic all the same: logged, it counts toward the volume and the LP's sample.
+            self.decisions.add(uuid.uuid4().hex, "", "", "declined", embedding, None,
+                               self._logged_estimates(quality, usage), created_at=now)
             raise BudgetExhaustedError({self._deployments[i].name: remaining[i] for i in allowed})
         best = max(fallbacks, key=lambda i: quality[i])
         decision_id = uuid.uuid4().hex
@@ -312,13 +333,29 @@ class Router:
         usage = []
         for deployment, col in zip(self._deployments, self._column, strict=True):
             completion = float(estimates.completion_tokens[0, col])
+            completion_high = float(estimates.completion_tokens_high[0, col])
             if deployment.input_usd_per_mtok is not None or deployment.output_usd_per_mtok is not None:
-                usd = (tokens_in * (deployment.input_usd_per_mtok or 0.0)
-                       + completion * (deployment.output_usd_per_mtok or 0.0)) / 1e6
+                price_in, price_out = deployment.input_usd_per_mtok or 0.0, deployment.output_usd_per_mtok or 0.0
+                usd, usd_high = ((tokens_in * price_in + c * price_out) / 1e6 for c in (completion, completion_high))
             else:
                 usd = float(np.nan_to_num(estimates.cost_usd[0, col]))
-            usage.append({"tokens": tokens_in + completion, "usd": usd})
+                usd_high = float(np.nan_to_num(estimates.cost_usd_high[0, col]))
+            # The mean drives the choice; the "_high" values (what the costliest neighbour used) are what is held.
+            usage.append({"tokens": tokens_in + completion, "usd": usd,
+                          "tokens_high": tokens_in + completion_high, "usd_high": usd_high})
         return quality, usage
+
+    def _held(self, usage: dict[str, float]) -> dict[str, float]:
+        """What to reserve for an estimate: its high side (or the estimate) plus the configured margin."""
+        return {u: max(0.0, usage.get(f"{u}_high", usage[u])) * (1.0 + self.config.reserve_margin) for u in UNITS}
+
+    def _budget_share(self, usage: list[dict[str, float]]) -> np.ndarray:
+        """Per deployment, the largest fraction of one of its budgets this query would use (0 if unlimited)."""
+        share = np.zeros(len(self._deployments))
+        for b in self._budgets:
+            fraction = usage[b.index][b.unit] / b.limit if b.limit > 0 else np.inf
+            share[b.index] = max(share[b.index], fraction)
+        return share
 
     @staticmethod
     def _covers(remaining: dict[str, float], usage: dict[str, float]) -> bool:
@@ -366,7 +403,7 @@ class Router:
                 decision_id=decision_id,
                 deployment=deployment.name,
                 window=self._window(deployment, now),
-                amounts={u: max(0.0, usage[u]) for u in UNITS},
+                amounts=self._held(usage),
                 limits=deployment.budget_limits() if enforce else {},
                 expires_at=now + self.config.reservation_timeout_s,
             ),
@@ -499,15 +536,17 @@ class Router:
         self.decisions.add(
             decision_id, chosen_dep.name, chosen_dep.model, phase, embedding,
             text if self.config.store_prompts else None,
-            {d.name: {"quality": float(quality[i]), **usage[i]} for i, d in enumerate(self._deployments)},
-            created_at=now,
+            self._logged_estimates(quality, usage), created_at=now,
         )
         return Decision(
             id=decision_id, deployment=chosen_dep.name, model=chosen_dep.model, phase=phase,
             reason=self._reason(phase, chosen_dep, quality[chosen], score[chosen], len(affordable)),
-            prompt_tokens=tokens_in, reserved={u: max(0.0, usage[chosen][u]) for u in UNITS},
+            prompt_tokens=tokens_in, reserved=self._held(usage[chosen]),
             candidates=candidates, created_at=now,
         )
+
+    def _logged_estimates(self, quality: np.ndarray, usage: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+        return {d.name: {"quality": float(quality[i]), **usage[i]} for i, d in enumerate(self._deployments)}
 
     def _reason(self, phase: Phase, deployment: DeploymentConfig, quality: float, score: float, n: int) -> str:
         if phase == "fallback":
@@ -528,6 +567,7 @@ class Router:
         latency_s: float | None = None,
         error: str | None = None,
         quality: float | None = None,
+        ttft_s: float | None = None,
     ) -> Settlement | None:
         """Settle a decision with its actual usage and add the outcome to history.
 
@@ -541,6 +581,7 @@ class Router:
             latency_s: call latency, kept in the decision log.
             error: the error message of a failed call.
             quality: a quality score in [0, 1] if already known (else use :meth:`feedback` later).
+            ttft_s: time to first token of a streamed call, kept in the decision log.
 
         Returns:
             The settlement, or ``None`` if the decision was already recorded.
@@ -557,7 +598,7 @@ class Router:
         if logged is None:
             raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
         outcome = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost_usd,
-                   "latency_s": latency_s, "error": error, "quality": quality}
+                   "latency_s": latency_s, "error": error, "quality": quality, "ttft_s": ttft_s}
         if error is not None and prompt_tokens + completion_tokens == 0:
             if self.decisions.close_decision(decision_id, "failed", outcome):
                 self.ledger.release(decision_id)
@@ -581,10 +622,10 @@ class Router:
 
     async def arecord(self, decision_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float | None = None,
                       latency_s: float | None = None, error: str | None = None,
-                      quality: float | None = None) -> Settlement | None:
+                      quality: float | None = None, ttft_s: float | None = None) -> Settlement | None:
         """Async :meth:`record` (runs in a worker thread)."""
         return await asyncio.to_thread(
-            self.record, decision_id, prompt_tokens, completion_tokens, cost_usd, latency_s, error, quality
+            self.record, decision_id, prompt_tokens, completion_tokens, cost_usd, latency_s, error, quality, ttft_s
         )
 
     @staticmethod

@@ -1,0 +1,45 @@
+# `make demo` and `make test` are all a newcomer needs; both create .venv and install everything first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+INTEGRATIONS := $(sort $(dir $(wildcard integrations/*/pyproject.toml)))
+
+# Everything runs offline: no hub downloads, no telemetry, LiteLLM's bundled price map.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export ANONYMIZED_TELEMETRY := False
+export ORT_DISABLE_TELEMETRY := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-unit lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt $(wildcard integrations/*/pyproject.toml)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# The CPU wheel first: a bare `torch` requirement would pull GBs of CUDA packages.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]' $(addprefix -e ,$(INTEGRATIONS))
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/llm-router import
+	$(VENV)/bin/llm-router bench
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-unit: install
+	$(PY) -m pytest -q -m "not integration"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: install
+	$(VENV)/bin/llm-router bench --json bench-out/results.json --plot bench-out/quality_vs_budget.png
+
+clean:
+	rm -rf $(VENV) .llm-router bench-out

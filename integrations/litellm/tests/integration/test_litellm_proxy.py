@@ -1,0 +1,168 @@
+"""A real LiteLLM proxy subprocess on loopback with the example config.yaml, in front of the replay upstream.
+
+The example config is used as shipped, except: the upstream and data folder of this test, the hashing embedder,
+budgets a tenth of the example's (so that they run out during the test), a shorter warm-up, and one more model group
+("capped") whose budgets cannot pay for any request.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from llm_router_litellm import LiteLLMAdapter
+from llm_router_litellm.testing import LiteLLMProxy
+
+from llm_router_plugin import DataFile, Router, bundled_path, import_history, read_data
+from llm_router_plugin.dataset import DataRow
+from llm_router_plugin.replay import ReplayBook, ReplayServer
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).resolve().parents[4] / "examples" / "litellm_proxy" / "config.yaml"
+CAPPED = ["capped-a", "capped-b"]
+
+
+@dataclass
+class Stack:
+    proxy: LiteLLMProxy
+    headers: dict[str, str]
+    adapter: LiteLLMAdapter
+    prompts: list[DataRow]
+
+    @property
+    def chat(self) -> Router:
+        router = self.adapter.router("chat")
+        assert router is not None
+        return router
+
+    def ask(self, group: str, prompt: str, **extra: Any) -> httpx.Response:
+        return httpx.post(f"{self.proxy.url}/v1/chat/completions", headers=self.headers, timeout=60,
+                          json={"model": group, "messages": [{"role": "user", "content": prompt}], **extra})
+
+    def recorded(self, decision_ids: list[str], timeout: float = 30.0) -> list[dict[str, Any]]:
+        """The recorded outcomes of decisions, once all are recorded (events arrive just after the answers)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            logged = [self.chat.decisions.get(i) for i in decision_ids]
+            if all(d is not None and d.status != "open" for d in logged) or time.monotonic() > deadline:
+                assert all(d is not None and d.status == "recorded" for d in logged), [d and d.status for d in logged]
+                return [d.outcome for d in logged if d is not None]
+            time.sleep(0.05)
+
+
+def make_config(tmp: Path, upstream: ReplayServer) -> Path:
+    config = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    for deployment in config["model_list"]:
+        deployment["litellm_params"]["api_base"] = upstream.url
+        block = deployment["model_info"].get("llm_router")
+        if block and "usd_budget" in block:
+            block["usd_budget"] /= 10
+    template = config["model_list"][-1]
+    config["model_list"] += [
+        {"model_name": "capped", "litellm_params": template["litellm_params"],
+         "model_info": {"id": name, "llm_router": {"token_budget": 10}}} for name in CAPPED
+    ]
+    config["callback_settings"]["llm_router"].update(
+        data_dir=str(tmp / "router"), embedding_model="hashing-256", warmup_queries=10, expected_queries=40)
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("litellm-proxy")
+    data = read_data(bundled_path())
+    train = [row for row in data.rows if row.split == "train"]
+    test = random.Random(3).sample([row for row in data.rows if row.split == "test"], 40)
+    upstream = ReplayServer(ReplayBook.from_files()).start()
+    try:
+        config = make_config(tmp, upstream)
+        adapter = LiteLLMAdapter.from_proxy_config(config)
+        import_history(DataFile(data.path, data.models, train[:600], {}), adapter.history, adapter.embedder)
+        master_key = yaml.safe_load(config.read_text())["general_settings"]["master_key"]
+        with LiteLLMProxy(config, log=tmp / "proxy.log") as proxy:
+            yield Stack(proxy, {"Authorization": f"Bearer {master_key}"}, adapter, test)
+    finally:
+        upstream.stop()
+
+
+def test_routed_requests_are_answered_by_the_routers_choice_and_recorded(stack: Stack) -> None:
+    before = {d.name: d.spent.get("usd", 0.0) for d in stack.chat.status().deployments}
+    answers = [stack.ask("chat", row.prompt) for row in stack.prompts[:30]]
+    assert [r.status_code for r in answers] == [200] * len(answers)
+    for response in answers:
+        assert response.headers["x-litellm-model-id"] == response.headers["x-llm-router-deployment"]
+    assert {r.headers["x-llm-router-phase"] for r in answers} >= {"warmup", "learned"}
+    assert len({r.headers["x-litellm-model-id"] for r in answers}) >= 2
+
+    outcomes = stack.recorded([r.headers["x-llm-router-decision-id"] for r in answers])
+    for response, outcome in zip(answers, outcomes, strict=True):
+        usage = response.json()["usage"]
+        assert (outcome["prompt_tokens"], outcome["completion_tokens"]) == (
+            usage["prompt_tokens"], usage["completion_tokens"])
+
+    # The ledger charged what LiteLLM computed for each call.
+    charged: dict[str, float] = defaultdict(float)
+    overrun: dict[str, float] = defaultdict(float)  # by how much calls cost more than the router had reserved
+    largest_hold: dict[str, float] = defaultdict(float)
+    margin = 1 + stack.chat.config.reserve_margin
+    for response in answers:
+        name, decision_id = response.headers["x-litellm-model-id"], response.headers["x-llm-router-decision-id"]
+        logged = stack.chat.decisions.get(decision_id)
+        assert logged is not None
+        cost, held = float(response.headers["x-litellm-response-cost"]), logged.estimates[name]["usd"] * margin
+        charged[name] += cost
+        overrun[name] += max(0.0, cost - held)
+        largest_hold[name] = max(largest_hold[name], held)
+    status = stack.chat.status().deployments
+    for deployment in status:
+        assert deployment.spent["usd"] - before[deployment.name] == pytest.approx(charged[deployment.name])
+    # Budgets bind (some deployment could not pay for another call like its dearest), and a deployment only took a
+    # call its remaining budget covered: it ends over budget by no more than its calls cost above their estimates.
+    budgeted = [d for d in status if not d.fallback]
+    assert any(d.remaining["usd"] < largest_hold[d.name] for d in budgeted)
+    for deployment in budgeted:
+        assert deployment.spent["usd"] <= deployment.limits["usd"] + overrun[deployment.name] + 1e-12
+
+
+def test_a_streamed_request_is_recorded_with_its_real_usage(stack: Stack) -> None:
+    with httpx.stream("POST", f"{stack.proxy.url}/v1/chat/completions", headers=stack.headers, timeout=60,
+                      json={"model": "chat", "stream": True, "stream_options": {"include_usage": True},
+                            "messages": [{"role": "user", "content": stack.prompts[35].prompt}]}) as response:
+        assert response.status_code == 200
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+        headers = response.headers
+    usage = [json.loads(e)["usage"] for e in events[:-1] if json.loads(e).get("usage")][-1]
+    assert headers["x-litellm-model-id"] == headers["x-llm-router-deployment"]
+    [outcome] = stack.recorded([headers["x-llm-router-decision-id"]])
+    assert (outcome["prompt_tokens"], outcome["completion_tokens"]) == (
+        usage["prompt_tokens"], usage["completion_tokens"])
+    assert outcome["completion_tokens"] > 0
+
+
+def test_an_exhausted_group_gets_429_naming_its_deployments(stack: Stack) -> None:
+    response = stack.ask("capped", stack.prompts[0].prompt)
+    assert response.status_code == 429
+    message = response.json()["error"]["message"]
+    assert all(f"{name} (" in message for name in CAPPED), message
+
+
+def test_a_group_without_router_settings_passes_through(stack: Stack) -> None:
+    decisions = stack.chat.status().decisions
+    response = stack.ask("assistant", stack.prompts[1].prompt)
+    assert response.status_code == 200
+    assert response.headers["x-litellm-model-id"] == "assistant-claude-instant"
+    assert not [h for h in response.headers if h.startswith("x-llm-router-")]
+    assert stack.adapter.router("assistant") is None
+    assert stack.chat.status().decisions == decisions

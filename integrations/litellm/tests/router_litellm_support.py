@@ -1,0 +1,97 @@
+"""Test helpers: LiteLLM deployments with mock responses, a small topic history, and polling for events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from llm_router_litellm import LiteLLMAdapter
+
+from llm_router_plugin import HistoryRecord, ModelOutcome, Router
+
+#: Usage LiteLLM reports for every mock response.
+MOCK_PROMPT_TOKENS = 10
+MOCK_COMPLETION_TOKENS = 20
+
+MATH = "solve the equation integral derivative algebra number proof"
+CHAT = "hello tell me a story about your weekend and the weather"
+
+
+def deployment(
+    group: str, deployment_id: str, model: str, router: dict[str, Any] | None = None, **params: Any
+) -> dict[str, Any]:
+    """One ``model_list`` entry answering with a mock response; ``router`` is its ``model_info.llm_router`` block."""
+    info: dict[str, Any] = {"id": deployment_id}
+    if router is not None:
+        info["llm_router"] = router
+    litellm_params = {"model": model, "api_key": "test-key", "mock_response": f"answer of {deployment_id}", **params}
+    return {"model_name": group, "litellm_params": litellm_params, "model_info": info}
+
+
+def model_list(big: dict[str, Any] | None = None, small: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Group "chat" (routed: "big" and "small", token budgets) and group "other" (not routed)."""
+    return [
+        deployment("chat", "big", "openai/big-model", big or {"token_budget": 20_000},
+                   input_cost_per_token=1e-5, output_cost_per_token=3e-5),
+        deployment("chat", "small", "openai/small-model", small or {"token_budget": 20_000}),
+        deployment("other", "other", "openai/other-model"),
+    ]
+
+
+def seed_history(adapter: LiteLLMAdapter, per_topic: int = 10) -> None:
+    """History where big-model is right on math and small-model is not; both are fine at chat."""
+    records = []
+    for topic, text, (q_big, q_small) in (("math", MATH, (1.0, 0.0)), ("chat", CHAT, (0.8, 0.7))):
+        prompts = [f"{text} variant {i}" for i in range(per_topic)]
+        for i, vector in enumerate(adapter.embedder.embed(prompts)):
+            records.append(HistoryRecord(id=f"{topic}-{i}", embedding=vector, task=topic, outcomes={
+                "big-model": ModelOutcome(quality=q_big, prompt_tokens=100, completion_tokens=200),
+                "small-model": ModelOutcome(quality=q_small, prompt_tokens=100, completion_tokens=50),
+            }))
+    adapter.history.upsert(records)
+
+
+def messages(text: str) -> list[dict[str, str]]:
+    """A one-turn chat."""
+    return [{"role": "user", "content": text}]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll until ``condition()`` is truthy (LiteLLM logs events on a background worker) and return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """:func:`wait_for` inside an event loop: LiteLLM's async events need the loop to run meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.02)
+
+
+def closed(router: Router, decision_id: str) -> str | None:
+    """The decision's status once it is no longer open."""
+    logged = router.decisions.get(decision_id)
+    return None if logged is None or logged.status == "open" else logged.status
+
+
+def recorded_outcome(router: Router, decision_id: str) -> dict[str, Any]:
+    """What ``record`` stored for a decision."""
+    logged = router.decisions.get(decision_id)
+    assert logged is not None
+    return logged.outcome
+
+
+def spend(router: Router, name: str) -> tuple[dict[str, float], dict[str, float]]:
+    """(spent, reserved) of a deployment."""
+    row = next(d for d in router.status().deployments if d.name == name)
+    return row.spent, row.reserved

@@ -1,0 +1,1 @@
+"""The benchmark behind ``llm-router bench``."""

@@ -1,0 +1,206 @@
+"""The ``llm-router`` command line: import history, inspect the router, route a query, run the benchmark.
+
+The config comes from ``--config``, else ``$LLM_ROUTER_CONFIG``, else ``./router.yaml``, else the shipped default
+(the 11 models of the RouterBench sample).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llm_router_plugin.config import RouterConfig
+from llm_router_plugin.dataset import bundled_path, import_history, read_data
+from llm_router_plugin.errors import RouterError
+from llm_router_plugin.router import Decision, Router, RouterStatus
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Budget-aware per-query LLM routing.")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Router config YAML (default: $LLM_ROUTER_CONFIG, ./router.yaml)")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def load_config(path: Path | None) -> RouterConfig:
+    """Resolve and load the router config (see the module docstring for the lookup order)."""
+    candidates = [path, Path(os.environ["LLM_ROUTER_CONFIG"]) if os.environ.get("LLM_ROUTER_CONFIG") else None,
+                  Path("router.yaml")]
+    for candidate in candidates:
+        if candidate is not None and (candidate == path or candidate.exists()):
+            if not candidate.exists():
+                raise typer.BadParameter(f"no such config file: {candidate}", param_hint="--config")
+            return RouterConfig.from_yaml(candidate)
+    return RouterConfig.from_yaml(bundled_path("default_router.yaml"))
+
+
+@app.command("import")
+def import_command(
+    file: Annotated[Path | None, typer.Argument(help="CSV/JSONL, unified schema (default: shipped sample)")] = None,
+    config: ConfigOption = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows embedded and written per transaction.")] = 256,
+    strict: Annotated[bool, typer.Option(help="Refuse the whole file if any row is invalid.")] = False,
+) -> None:
+    """Embed a history file's rows and add them to the router's Chroma history (idempotent)."""
+    cfg = load_config(config)
+    data = read_data(file or bundled_path())
+    if data.rejected:
+        typer.echo(f"warning: {data.rejection_summary()}", err=True)
+        if strict:
+            typer.echo("nothing imported (--strict)", err=True)
+            raise typer.Exit(1)
+    router = Router(cfg)
+    report = import_history(data, router.history, router.embedder, batch_size=batch_size,
+                            store_prompts=cfg.store_prompts, progress=True)
+    typer.echo(f"imported {report.added} new record(s), {report.existing} already present, {report.rejected} "
+               f"rejected; models: {', '.join(report.models)}; history now {router.history.count()} records")
+    missing = [d.model for d in cfg.deployments if d.model not in report.models]
+    if missing:
+        typer.echo(f"note: this file has no outcomes for profiles {missing}", err=True)
+
+
+@app.command()
+def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Show budgets, spend, reservations, dual weights, phase and history size."""
+    snapshot = Router(load_config(config)).status()
+    typer.echo(snapshot.model_dump_json(indent=2) if as_json else format_status(snapshot))
+
+
+@app.command()
+def route(
+    text: Annotated[str, typer.Argument(help="The query to route.")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    prompt_tokens: Annotated[int | None, typer.Option(help="Exact prompt tokens, if known.")] = None,
+) -> None:
+    """Route one query and explain the decision (the reservation is released again: nothing is spent)."""
+    router = Router(load_config(config))
+    try:
+        decision = router.route(text, prompt_tokens=prompt_tokens)
+    except (RouterError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    router.record(decision.id, 0, 0, error="dry run from the command line")
+    typer.echo(decision.model_dump_json(indent=2) if as_json else format_decision(decision))
+
+
+@app.command()
+def bench(
+    data: Annotated[
+        Path | None, typer.Argument(help="Data file, unified schema (default: shipped RouterBench sample)")
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated split seeds.")] = "42,1,2",
+    splits: Annotated[str, typer.Option(help="Comma-separated budget splits.")] = "weighted,uniform,cost,perf",
+    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours of the k-NN estimates.")] = 5,
+    budget: Annotated[
+        float, typer.Option(help="Total budget ÷ cost of all test queries on the cheapest model.")
+    ] = 1.0,
+    policies: Annotated[
+        str | None, typer.Option(help="Comma-separated policies (default: all but ours-feedback).")
+    ] = None,
+    prices: Annotated[
+        Path | None, typer.Option(help="USD per million tokens per model, for data without costs.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write the quality-vs-budget plot (PNG); adds a budget sweep.")
+    ] = None,
+    per_run: Annotated[bool, typer.Option(help="Print the table of every (seed, split), not only the mean.")] = True,
+    embedder: Annotated[str | None, typer.Option(help="Embedding model (default: bundled all-MiniLM-L6-v2).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Torch CPU threads for embedding.")] = 2,
+    cache_dir: Annotated[Path, typer.Option(help="Embedding cache folder.")] = Path(".llm-router/cache"),
+) -> None:
+    """Benchmark the router against the protocol's baselines, PORT and the offline optima (see the README)."""
+    from llm_router_plugin.bench import protocol, report, runner
+    from llm_router_plugin.bench.cache import EmbeddingCache
+    from llm_router_plugin.embedding import make_embedder
+
+    options = runner.BenchOptions(
+        seeds=protocol.parse_seeds(seeds),
+        splits=tuple(protocol.parse_list(splits, protocol.SPLITS, "--splits")),
+        k=k, multiplier=budget,
+        policies=tuple(protocol.parse_list(policies, tuple(runner.POLICIES), "--policies")) if policies
+        else runner.DEFAULT_POLICIES,
+        plot_multipliers=runner.PLOT_MULTIPLIERS if plot else (),
+    )
+    source = read_data(data or bundled_path())
+    problem = protocol.build_problem(source, protocol.read_prices(prices) if prices else None)
+    typer.echo(problem.cost_note)
+    result = runner.run_benchmark(problem, make_embedder(embedder, threads), options, EmbeddingCache(cache_dir))
+    if per_run:
+        for run in result.runs:
+            typer.echo(report.run_table(run) + "\n")
+    typer.echo(report.mean_table(result))
+    typer.echo(f"wall time {result.seconds:.0f} s")
+    if json_out:
+        report.write_json(result, json_out)
+        typer.echo(f"wrote {json_out}")
+    if plot:
+        report.write_plot(result, plot)
+        typer.echo(f"wrote {plot}")
+
+
+@app.command("replay-server")
+def replay_server(
+    data: Annotated[
+        Path | None, typer.Argument(help="Data file, unified schema (default: shipped RouterBench sample)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 = any free port).")] = 8001,
+    prices: Annotated[
+        Path | None, typer.Option(help="USD per million tokens per model (default: shipped RouterBench prices).")
+    ] = None,
+) -> None:
+    """Serve an OpenAI-compatible upstream that answers as the data file's models did, for offline end-to-end runs."""
+    from llm_router_plugin.replay import ReplayBook, ReplayServer
+
+    book = ReplayBook.from_files(data, prices)
+    server = ReplayServer(book, host=host, port=port)
+    typer.echo(f"replaying {len(book.models)} models on {len(book)} prompts at {server.url} (Ctrl-C stops)")
+    server.run()
+
+
+def format_decision(decision: Decision) -> str:
+    """A decision as a small table."""
+    lines = [f"→ {decision.deployment}  [{decision.phase}]  {decision.reason}", "",
+             f"{'deployment':<36} {'quality':>8} {'tokens':>8} {'usd':>10} {'score':>10}  affordable"]
+    for c in decision.candidates:
+        lines.append(f"{c.deployment:<36} {c.quality:>8.3f} {c.tokens:>8.0f} {c.usd:>10.6f} {c.score:>10.4g}  "
+                     f"{'yes' if c.affordable else 'no'}")
+    return "\n".join(lines)
+
+
+def format_status(snapshot: RouterStatus) -> str:
+    """A status snapshot as a small table."""
+    lines = [f"phase {snapshot.phase} ({snapshot.mode}), {snapshot.decisions} decisions, next re-solve at "
+             f"{snapshot.next_solve_at}, history {snapshot.history_size} records", "",
+             f"{'deployment':<36} {'window':>7} {'limit':>14} {'spent':>12} {'reserved':>10} {'remaining':>12} "
+             f"{'λ':>10}"]
+    for d in snapshot.deployments:
+        for unit in d.limits or {"tokens": float("inf")}:
+            lines.append(
+                f"{d.name:<36} {d.window:>7} {d.limits.get(unit, float('inf')):>10.6g} {unit:<3} "
+                f"{d.spent.get(unit, 0.0):>12.6g} {d.reserved.get(unit, 0.0):>10.6g} "
+                f"{d.remaining.get(unit, float('inf')):>12.6g} {d.weights.get(unit, 0.0):>10.4g}"
+            )
+    if snapshot.solve_notes:
+        lines += ["", *snapshot.solve_notes]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Entry point of the ``llm-router`` script."""
+    try:
+        app()
+    except ValueError as exc:  # config errors: say which field, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
+__all__ = ["app", "load_config", "main"]
+
+if __name__ == "__main__":
+    main()

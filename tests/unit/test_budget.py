@@ -1,0 +1,87 @@
+import threading
+from pathlib import Path
+
+import pytest
+
+from llm_router_plugin.budget import Reservation, SQLiteLedger, window_index
+
+
+def hold(ledger: SQLiteLedger, decision_id: str, tokens: float, limit: float = 100.0, window: int = 0,
+         expires_at: float = 1e12, now: float = 0.0) -> bool:
+    return ledger.try_reserve(
+        Reservation(decision_id, "d", window, {"tokens": tokens, "usd": 0.0}, {"tokens": limit}, expires_at), now
+    )
+
+
+def test_reserve_refuses_what_the_limit_cannot_cover(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    assert hold(ledger, "a", 60)
+    assert not hold(ledger, "b", 50)  # 60 held + 50 > 100
+    assert hold(ledger, "c", 40)
+    assert ledger.usage("d", 0, 0.0) == ({"tokens": 0.0, "usd": 0.0}, {"tokens": 100.0, "usd": 0.0})
+
+
+def test_settle_replaces_the_hold_by_actual_usage_once(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    hold(ledger, "a", 60)
+    settlement = ledger.settle("a", {"tokens": 25.0}, 0.0)
+    assert settlement is not None and settlement.reserved["tokens"] == 60 and settlement.actual == {"tokens": 25.0}
+    assert ledger.settle("a", {"tokens": 25.0}, 0.0) is None  # settling twice charges once
+    spent, held = ledger.usage("d", 0, 0.0)
+    assert spent["tokens"] == 25 and held["tokens"] == 0
+    assert hold(ledger, "b", 75)
+
+
+def test_release_and_expiry(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    hold(ledger, "a", 90, expires_at=10.0)
+    assert not hold(ledger, "b", 20, now=5.0)
+    assert hold(ledger, "b", 20, now=11.0)  # the unrecorded hold timed out
+    late = ledger.settle("a", {"tokens": 30.0}, 12.0)  # a late record is still charged
+    assert late is not None and late.was_expired
+    assert ledger.release("b") and not ledger.release("b")
+    assert ledger.usage("d", 0, 12.0)[0]["tokens"] == 30
+
+
+def test_windows_are_separate(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    assert hold(ledger, "a", 100, window=0)
+    assert not hold(ledger, "b", 1, window=0)
+    assert hold(ledger, "c", 100, window=1)
+    assert window_index(0.0, 3600.0, 7300.0) == 2
+    assert window_index(0.0, None, 7300.0) == 0
+
+
+def test_persists_across_reopen(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    hold(ledger, "a", 10)
+    ledger.settle("a", {"tokens": 10.0}, 0.0)
+    ledger.set_state("duals", {"lambdas": {"d": {"tokens": 0.5}}})
+    anchor = ledger.anchor
+    ledger.close()
+    again = SQLiteLedger(tmp_path / "l.db")
+    assert again.anchor == anchor
+    assert again.usage("d", 0, 0.0)[0]["tokens"] == 10
+    assert again.get_state("duals") == {"lambdas": {"d": {"tokens": 0.5}}}
+
+
+def test_concurrent_holds_never_exceed_the_limit(tmp_path: Path) -> None:
+    ledgers = [SQLiteLedger(tmp_path / "l.db") for _ in range(2)]  # two connections, as two processes would have
+    granted: list[bool] = []
+
+    def worker(n: int) -> None:
+        for i in range(25):
+            granted.append(hold(ledgers[n % 2], f"{n}-{i}", 3, limit=100))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(granted) == 33  # floor(100 / 3), whatever the interleaving
+
+
+def test_invalid_amounts(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    with pytest.raises(ValueError, match="amounts"):
+        hold(ledger, "a", -1)

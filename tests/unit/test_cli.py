@@ -1,0 +1,69 @@
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llm_router_plugin.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "router.yaml"
+    path.write_text(
+        f"data_dir: {tmp_path / 'data'}\nembedding_model: hashing-64\n"
+        "deployments:\n  - {name: a, model: m1, token_budget: 5000}\n  - {name: b, model: m2, usd_budget: 1.0}\n"
+    )
+    return path
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Path:
+    path = tmp_path / "h.csv"
+    rows = [f"question {i} about topic {i % 3},t,s,{i},{i % 2},0.001,0.5,0.0001" for i in range(30)]
+    path.write_text("prompt,eval_name,split,sample_id,m1,m1|total_cost,m2,m2|total_cost\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_import_status_route(config: Path, history: Path) -> None:
+    result = runner.invoke(app, ["import", str(history), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "imported 30 new record(s)" in result.output
+    again = runner.invoke(app, ["import", str(history), "--config", str(config)])
+    assert "imported 0 new record(s), 30 already present" in again.output
+
+    routed = runner.invoke(app, ["route", "question 7 about topic 1", "--json", "--config", str(config)])
+    assert routed.exit_code == 0, routed.output
+    decision = json.loads(routed.output)
+    assert {c["deployment"] for c in decision["candidates"]} == {"a", "b"}
+    assert all(0 <= c["quality"] <= 1 for c in decision["candidates"])
+
+    status = runner.invoke(app, ["status", "--json", "--config", str(config)])
+    snapshot = json.loads(status.output)
+    assert snapshot["history_size"] == 30
+    # `route` is a dry run: its reservation is released, nothing is spent
+    assert all(d["spent"]["tokens"] == 0 and d["reserved"]["tokens"] == 0 for d in snapshot["deployments"])
+    table = runner.invoke(app, ["status", "--config", str(config)])
+    assert "a" in table.output and "remaining" in table.output
+
+
+def test_strict_import_refuses_bad_rows(config: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,m1\nok,1\nbroken,nan\n")
+    result = runner.invoke(app, ["import", str(bad), "--strict", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "1 row(s) rejected" in result.output and "nothing imported" in result.output
+
+
+def test_route_empty_query_is_a_clear_error(config: Path) -> None:
+    result = runner.invoke(app, ["route", "   ", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "no text" in result.output
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["status", "--config", str(tmp_path / "nope.yaml")])
+    assert result.exit_code != 0
+    assert "no such config file" in result.output

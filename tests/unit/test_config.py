@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+
+from llm_router_plugin import RouterConfig
+from llm_router_plugin.config import parse_window
+
+
+def config(**overrides: object) -> dict:
+    base: dict = {"deployments": [{"name": "a", "token_budget": 100}, {"name": "b", "model": "m-b"}]}
+    base.update(overrides)
+    return base
+
+
+def test_defaults_and_profiles() -> None:
+    cfg = RouterConfig.from_dict(config())
+    assert cfg.deployments[0].model == "a"  # the profile defaults to the deployment name
+    assert cfg.profiles == ["a", "m-b"]
+    assert cfg.estimator.k == 5
+    assert cfg.deployments[0].budget_limits() == {"tokens": 100.0}
+    assert cfg.deployments[1].budget_limits() == {}
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"deployments": []}, "deployments"),
+        (config(deployments=[{"name": "a"}, {"name": "a"}]), "duplicate"),
+        (config(deployments=[{"name": "a", "token_budget": -5}]), "deployments.0.token_budget"),
+        (config(deployments=[{"name": "a", "usd_budget": -0.1}]), "deployments.0.usd_budget"),
+        (config(deployments=[{"name": "a", "window": "soon"}]), "deployments.0.window"),
+        (config(mode="quality_target"), "quality_target"),
+        (config(quality_target=1.5), "quality_target"),
+        (config(estimator={"k": 0}), "estimator.k"),
+        (config(unknown_knob=1), "unknown_knob"),
+    ],
+)
+def test_invalid_config_names_the_field(data: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        RouterConfig.from_dict(data)
+
+
+def test_not_a_mapping() -> None:
+    with pytest.raises(ValueError, match="mapping"):
+        RouterConfig.from_dict(["a"])
+
+
+def test_unknown_deployment_name() -> None:
+    with pytest.raises(ValueError, match="unknown deployment name 'zzz'"):
+        RouterConfig.from_dict(config()).deployment("zzz")
+
+
+def test_yaml_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text("deployments:\n  - {name: x, usd_budget: 1.5, window: 1h, fallback: true}\nwarmup_queries: 7\n")
+    cfg = RouterConfig.from_yaml(path)
+    assert cfg.warmup_queries == 7
+    assert cfg.deployments[0].window_seconds == 3600
+    assert cfg.deployments[0].fallback
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("total", None), ("30m", 1800), ("1d", 86400), ("2w", 1209600)])
+def test_parse_window(text: str, seconds: float | None) -> None:
+    assert parse_window(text) == seconds
+
+
+def test_shipped_default_config_is_valid() -> None:
+    from llm_router_plugin import bundled_path
+
+    cfg = RouterConfig.from_yaml(bundled_path("default_router.yaml"))
+    assert len(cfg.deployments) == 11
+    assert sum(d.fallback for d in cfg.deployments) == 1

@@ -1,0 +1,76 @@
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_router_plugin import ChromaHistory, HashingEmbedder, HistoryFormatError, bundled_path, import_history, read_data
+
+HEADER = "prompt,eval_name,split,sample_id,m1,m1|total_cost,m2\n"
+
+
+def write(tmp_path: Path, body: str, name: str = "h.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(HEADER + body, encoding="utf-8")
+    return path
+
+
+def test_reads_csv_with_missing_values(tmp_path: Path) -> None:
+    data = read_data(write(tmp_path, "q one,t,train,1,1.0,0.002,\nq two,t,test,2,,0.001,0.5\n"))
+    assert data.models == ["m1", "m2"]
+    first, second = data.rows
+    assert first.outcomes["m1"].quality == 1.0 and first.outcomes["m1"].cost_usd == 0.002
+    assert "m2" not in first.outcomes  # every m2 field is empty
+    assert second.outcomes["m1"].quality is None and second.outcomes["m2"].quality == 0.5
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "1.5", "-0.1", "abc"])
+def test_invalid_scores_reject_the_row_with_a_reason(tmp_path: Path, bad: str) -> None:
+    data = read_data(write(tmp_path, f"good,t,s,1,1.0,0.1,0\nbad,t,s,2,{bad},0.1,0\n"))
+    assert [r.prompt for r in data.rows] == ["good"]
+    assert list(data.rejected) == [3]  # line numbers count the header
+    assert "m1" in data.rejected[3]
+    assert data.rejection_summary().startswith("1 row(s) rejected")
+
+
+def test_negative_cost_is_rejected(tmp_path: Path) -> None:
+    data = read_data(write(tmp_path, "p,t,s,1,1.0,-3,0\n"))
+    assert not data.rows and "m1|total_cost" in data.rejected[2]
+
+
+def test_jsonl_with_same_fields(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps({"prompt": "x", "eval_name": "t", "m1": 0.25, "m1|completion_tokens": 7}) + "\n")
+        fh.write("{not json\n")
+    data = read_data(path)
+    assert data.rows[0].outcomes["m1"].completion_tokens == 7
+    assert "invalid JSON" in data.rejected[2]
+
+
+def test_file_without_prompt_or_models(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("text,m1\nx,1\n")
+    with pytest.raises(HistoryFormatError, match="prompt"):
+        read_data(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("prompt,eval_name\nx,t\n")
+    with pytest.raises(HistoryFormatError, match="no model columns"):
+        read_data(tmp_path / "b.csv")
+
+
+def test_import_is_idempotent_and_skips_rejected_rows(tmp_path: Path) -> None:
+    path = write(tmp_path, "a b c,t,s,1,1.0,0.1,0\nd e f,t,s,2,0.0,0.2,1\nbad,t,s,3,nan,0.1,1\n")
+    store = ChromaHistory(tmp_path / "chroma")
+    embedder = HashingEmbedder(16)
+    first = import_history(read_data(path), store, embedder)
+    assert (first.added, first.existing, first.rejected) == (2, 0, 1)
+    again = import_history(read_data(path), store, embedder)
+    assert (again.added, again.existing) == (0, 2)
+    assert store.count() == 2
+    means = store.profile_means(["m1", "m2"])
+    assert means[0, 0] == pytest.approx(0.5)  # m1 quality over the two good rows
+    assert means[1, 0] == pytest.approx(0.5)
+
+
+def test_shipped_sample_parses() -> None:
+    data = read_data(bundled_path())
+    assert len(data.rows) == 3164 and len(data.models) == 11 and not data.rejected

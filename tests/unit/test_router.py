@@ -1,0 +1,178 @@
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from llm_router_plugin import BudgetExhaustedError, EmptyQueryError, Router, UnknownDecisionError
+from tests.conftest import topic_prompt
+
+RouterFactory = Callable[..., Router]
+
+
+def serve(router: Router, topic: str, n: int, start: int = 0, tokens: tuple[int, int] | None = None) -> list[str]:
+    """Route n prompts of a topic, record each as using the estimated tokens (or ``tokens``); return deployments."""
+    chosen = []
+    for i in range(start, start + n):
+        decision = router.route(topic_prompt(topic, i + 1000))
+        estimate = next(c for c in decision.candidates if c.deployment == decision.deployment).tokens
+        used = tokens or (decision.prompt_tokens, int(estimate) - decision.prompt_tokens)
+        chosen.append(decision.deployment)
+        router.record(decision.id, prompt_tokens=used[0], completion_tokens=max(0, used[1]))
+    return chosen
+
+
+def test_decision_explains_every_candidate(make_router: RouterFactory) -> None:
+    router = make_router()
+    decision = router.route([{"role": "user", "content": topic_prompt("math", 999)}])
+    assert decision.phase == "warmup"
+    assert {c.deployment for c in decision.candidates} == {"big", "small"}
+    by_name = {c.deployment: c for c in decision.candidates}
+    assert by_name["big"].quality == pytest.approx(1.0)
+    assert by_name["small"].quality == pytest.approx(0.0)
+    assert by_name["big"].tokens > by_name["small"].tokens
+    assert decision.deployment == "big"  # the only one that can answer, and affordable
+    assert decision.reserved["tokens"] > 0
+    assert decision.reason
+
+
+def test_equal_quality_goes_to_the_cheaper_deployment(make_router: RouterFactory) -> None:
+    assert make_router().route(topic_prompt("code", 5)).deployment == "small"
+
+
+def test_weights_are_learned_after_warmup_and_rescheduled(make_router: RouterFactory) -> None:
+    router = make_router(warmup_queries=10)
+    serve(router, "math", 9)
+    assert router.status().phase == "warmup"
+    serve(router, "math", 2, start=9)
+    status = router.status()
+    assert status.phase == "learned"
+    assert status.next_solve_at == 20  # doubling schedule: W, 2W, 4W ...
+    assert all("tokens" in d.weights for d in status.deployments)
+    decision = router.route(topic_prompt("chat", 1))
+    assert decision.phase == "learned"
+
+
+def test_budgets_are_never_exceeded_and_exhaustion_names_deployments(make_router: RouterFactory) -> None:
+    router = make_router(deployments=[
+        {"name": "big", "model": "big-model", "token_budget": 5_000},
+        {"name": "small", "model": "small-model", "token_budget": 300},
+    ], warmup_queries=5)
+    chosen = []
+    with pytest.raises(BudgetExhaustedError) as caught:
+        for i in range(200):
+            chosen += serve(router, "math", 1, start=i)
+    assert "big" in chosen and "small" in chosen  # big while it lasted, then the cheap one
+    for d in router.status().deployments:
+        assert d.spent["tokens"] <= d.limits["tokens"]
+    message = str(caught.value)
+    assert "big" in message and "small" in message and "left" in message
+    assert set(caught.value.remaining) == {"big", "small"}
+
+
+def test_fallback_serves_when_nothing_is_affordable(make_router: RouterFactory) -> None:
+    router = make_router(deployments=[
+        {"name": "big", "model": "big-model", "token_budget": 10},
+        {"name": "small", "model": "small-model", "token_budget": 10, "fallback": True},
+    ])
+    decision = router.route(topic_prompt("math", 1))
+    assert decision.phase == "fallback" and decision.deployment == "small"
+    assert "fallback" in decision.reason
+
+
+def test_record_settles_actual_usage_and_learns(make_router: RouterFactory) -> None:
+    router = make_router()
+    size = router.history.count()
+    decision = router.route(topic_prompt("chat", 3))
+    held = router.status().deployments
+    assert sum(d.reserved["tokens"] for d in held) == pytest.approx(decision.reserved["tokens"])
+    settlement = router.record(decision.id, prompt_tokens=40, completion_tokens=60, latency_s=0.5)
+    assert settlement is not None and settlement.actual["tokens"] == 100
+    after = {d.name: d for d in router.status().deployments}
+    assert after[decision.deployment].spent["tokens"] == 100
+    assert after[decision.deployment].reserved["tokens"] == 0
+    assert router.history.count() == size + 1  # the outcome joined history
+    assert router.record(decision.id, 40, 60) is None  # recording twice charges once
+    router.feedback(decision.id, 1.0)
+
+
+def test_failed_call_releases_the_reservation(make_router: RouterFactory) -> None:
+    router = make_router()
+    decision = router.route(topic_prompt("math", 3))
+    assert router.record(decision.id, 0, 0, error="upstream 500") is None
+    status = {d.name: d for d in router.status().deployments}[decision.deployment]
+    assert status.spent["tokens"] == 0 and status.reserved["tokens"] == 0
+    with pytest.raises(ValueError, match="failed"):
+        router.feedback(decision.id, 1.0)
+
+
+def test_unknown_decision_and_bad_values(make_router: RouterFactory) -> None:
+    router = make_router()
+    with pytest.raises(UnknownDecisionError):
+        router.record("nope", 1, 1)
+    with pytest.raises(UnknownDecisionError):
+        router.feedback("nope", 0.5)
+    decision = router.route(topic_prompt("math", 3))
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        router.record(decision.id, -1, 0)
+    with pytest.raises(ValueError, match="quality"):
+        router.record(decision.id, 1, 1, quality=2.0)
+
+
+@pytest.mark.parametrize("query", ["", "   ", [{"role": "user", "content": []}]])
+def test_empty_queries_are_refused_without_side_effects(make_router: RouterFactory, query: object) -> None:
+    router = make_router()
+    with pytest.raises(EmptyQueryError):
+        router.route(query)  # type: ignore[arg-type]
+    assert router.status().decisions == 0
+
+
+def test_huge_prompt_is_routed_and_counted_in_full(make_router: RouterFactory) -> None:
+    router = make_router(deployments=[{"name": "big", "model": "big-model"}, {"name": "small", "model": "small-model"}])
+    decision = router.route("math " * 40_000)
+    assert decision.prompt_tokens == 50_000
+
+
+def test_restricting_to_some_deployments(make_router: RouterFactory) -> None:
+    router = make_router()
+    assert router.route(topic_prompt("math", 1), deployments=["small"]).deployment == "small"
+    with pytest.raises(ValueError, match="unknown deployment names"):
+        router.route(topic_prompt("math", 1), deployments=["nope"])
+    with pytest.raises(ValueError, match="empty"):
+        router.route(topic_prompt("math", 1), deployments=[])
+
+
+def test_state_survives_a_restart(make_router: RouterFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    router = make_router(warmup_queries=5)
+    serve(router, "math", 6)
+    before = router.status()
+    again = make_router(warmup_queries=5)  # same folder: same Chroma, ledger and decision log
+    after = again.status()
+    assert after.phase == "learned" and after.decisions == before.decisions
+    assert [d.spent for d in after.deployments] == [d.spent for d in before.deployments]
+    assert [d.weights for d in after.deployments] == [d.weights for d in before.deployments]
+    assert after.history_size == before.history_size
+
+
+def test_async_api(make_router: RouterFactory) -> None:
+    router = make_router()
+
+    async def run() -> None:
+        decisions = await asyncio.gather(*(router.aroute(topic_prompt("code", i)) for i in range(5)))
+        for d in decisions:
+            await router.arecord(d.id, 10, 10)
+        await router.afeedback(decisions[0].id, 0.5)
+        assert (await router.astatus()).decisions == 5
+
+    asyncio.run(run())
+
+
+def test_quality_target_mode_spends_only_where_quality_needs_it(make_router: RouterFactory) -> None:
+    router = make_router(mode="quality_target", quality_target=0.7, warmup_queries=6,
+                         deployments=[{"name": "big", "model": "big-model"}, {"name": "small", "model": "small-model"}])
+    serve(router, "chat", 3)
+    serve(router, "math", 3)
+    status = router.status()
+    assert status.phase == "learned" and status.mu > 0  # the quality constraint binds
+    # chat: small (0.7) is nearly as good as big (0.8) at a fraction of the tokens; math: only big answers.
+    assert router.route(topic_prompt("chat", 50)).deployment == "small"
+    assert router.route(topic_prompt("math", 50)).deployment == "big"
