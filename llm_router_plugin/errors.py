@@ -26,16 +26,30 @@ class HistoryFormatError(RouterError, ValueError):
 
 
 class BudgetExhaustedError(RouterError):
-    """No deployment can afford the query and no fallback deployment is configured.
+    """No deployment will serve the query and no fallback deployment is configured.
+
+    Either no deployment's remaining budget covers the query's estimate, or (after the warm-up, in
+    ``max_quality`` mode) the query's estimated quality is below the learned price of the budget it would use on
+    every deployment that could afford it: that budget is worth more to the queries still expected. Configure a
+    ``fallback`` deployment to serve such queries instead.
 
     Attributes:
         remaining: deployment name → remaining budget per unit (``{"tokens": …, "usd": …}``).
+        priced_out: ``True`` if some deployment could afford the query but its budget is held for later queries.
     """
 
-    def __init__(self, remaining: Mapping[str, Mapping[str, float]]) -> None:
+    def __init__(self, remaining: Mapping[str, Mapping[str, float]], *, priced_out: bool = False) -> None:
         self.remaining = {name: dict(units) for name, units in remaining.items()}
+        self.priced_out = priced_out
         parts = []
         for name, units in self.remaining.items():
             left = ", ".join(f"{value:.6g} {unit}" for unit, value in units.items()) or "no budget"
             parts.append(f"{name} ({left} left)")
-        super().__init__("every deployment's budget is exhausted for this query: " + "; ".join(parts))
+        lead = (
+            "no deployment's budget is worth spending on this query (its estimated quality is below the learned "
+            "price of the budget, which is kept for the queries still expected; configure a fallback deployment to "
+            "serve such queries): "
+            if priced_out
+            else "every deployment's budget is exhausted for this query: "
+        )
+        super().__init__(lead + "; ".join(parts))

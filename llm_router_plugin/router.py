@@ -253,7 +253,8 @@ class Router:
         Raises:
             EmptyQueryError: the query has no text.
             ValueError: ``deployments`` names an unknown deployment or is empty.
-            BudgetExhaustedError: no allowed deployment can afford the query and none is a fallback.
+            BudgetExhaustedError: no allowed deployment can afford the query (or, once learned, is worth its
+                budget for it) and none is a fallback.
         """
         text = extract_text(query)
         allowed = self._allowed(deployments)
@@ -283,6 +284,7 @@ class Router:
     def _decide(self, text: str, embedding: np.ndarray, prompt_tokens: int | None, allowed: list[int]) -> Decision:
         now = self._clock()
         tokens_in = prompt_tokens if prompt_tokens is not None else estimate_tokens(text)
+        priced_out = False
         estimates = self.estimator.estimate(embedding[None, :], self._profiles)
         quality, usage = self._deployment_estimates(estimates, tokens_in)
         self._maybe_solve(now)
@@ -291,13 +293,16 @@ class Router:
         phase: Phase = "learned" if self._learned else "warmup"
         score = self._scores(phase, quality, usage, remaining, now)
         if phase == "warmup":
-            # Before any price is learned, spend no faster than the pace: budget left per query still expected.
+            # Before any price is learned, prefer deployments within the pace (budget left per query still
+            # expected); warm-up queries are real users, so when none is within pace the best affordable one serves.
             pace = self._pace(remaining, now)
-            affordable = [i for i in affordable if all(usage[i][u] <= pace[i][u] for u in pace[i])]
+            affordable = [i for i in affordable if all(usage[i][u] <= pace[i][u] for u in pace[i])] or affordable
         elif self.config.mode == "max_quality":
             # As in the LP, serve a query only where its estimated quality covers the price λ·ĝ of the budget it
             # would use (score ≥ 0); below that, the budget is worth more to the queries still expected.
-            affordable = [i for i in affordable if score[i] >= 0]
+            valued = [i for i in affordable if score[i] >= 0]
+            priced_out = bool(affordable) and not valued
+            affordable = valued
         share = self._budget_share(usage)
         for _ in range(len(affordable)):
             if not affordable:
@@ -310,18 +315,20 @@ class Router:
                 self._maybe_solve(now)  # this decision may complete the warm-up or a doubling step
                 return decision
             affordable.remove(best)  # another request took the budget between the check and the hold
-        return self._fallback(text, embedding, tokens_in, quality, usage, score, remaining, allowed, now)
+        return self._fallback(text, embedding, tokens_in, quality, usage, score, remaining, allowed, now,
+                              priced_out=priced_out)
 
     def _fallback(
         self, text: str, embedding: np.ndarray, tokens_in: int, quality: np.ndarray, usage: list[dict[str, float]],
-        score: np.ndarray, remaining: list[dict[str, float]], allowed: list[int], now: float,
+        score: np.ndarray, remaining: list[dict[str, float]], allowed: list[int], now: float, *, priced_out: bool,
     ) -> Decision:
         fallbacks = [i for i in allowed if self._deployments[i].fallback]
         if not fallbacks:
             # A refused query is traffic all the same: logged, it counts toward the volume and the LP's sample.
             self.decisions.add(uuid.uuid4().hex, "", "", "declined", embedding, None,
                                self._logged_estimates(quality, usage), created_at=now)
-            raise BudgetExhaustedError({self._deployments[i].name: remaining[i] for i in allowed})
+            raise BudgetExhaustedError({self._deployments[i].name: remaining[i] for i in allowed},
+                                       priced_out=priced_out)
         best = max(fallbacks, key=lambda i: quality[i])
         decision_id = uuid.uuid4().hex
         self._reserve(decision_id, best, usage[best], now, enforce=False)
@@ -550,7 +557,8 @@ class Router:
 
     def _reason(self, phase: Phase, deployment: DeploymentConfig, quality: float, score: float, n: int) -> str:
         if phase == "fallback":
-            return f"no deployment could afford the query; sent to fallback {deployment.name} (budget not enforced)"
+            return (f"no deployment could afford the query (or was worth its budget for it); sent to fallback "
+                    f"{deployment.name} (budget not enforced)")
         rule = "budget-paced greedy (warm-up)" if phase == "warmup" else "max quality − λ·cost (learned duals)"
         if phase == "learned" and self.config.mode == "quality_target":
             rule = f"min cost − μ·quality for mean quality ≥ {self.config.quality_target} (learned duals)"

@@ -1,0 +1,47 @@
+"""The router on a real Chroma server (``chroma_host``), started on loopback by the test and stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from llm_router_plugin import HashingEmbedder, Router, RouterConfig
+from llm_router_plugin.testing import ChromaServer
+from tests.conftest import topic_history, topic_prompt
+
+pytestmark = pytest.mark.integration
+
+
+def server_config(chroma: ChromaServer, data_dir: Path) -> RouterConfig:
+    return RouterConfig.from_dict({
+        "data_dir": str(data_dir), "embedding_model": "hashing-64", "warmup_queries": 5,
+        "chroma_host": chroma.host, "chroma_port": chroma.port, "collection": "served-history",
+        "deployments": [
+            {"name": "big", "model": "big-model", "token_budget": 50_000},
+            {"name": "small", "model": "small-model", "token_budget": 50_000},
+        ],
+    })
+
+
+def test_history_lives_on_the_server_and_outlives_the_router(tmp_path: Path, embedder: HashingEmbedder) -> None:
+    with ChromaServer(tmp_path / "chroma-server") as chroma:
+        pid = chroma.pid
+        router = Router(server_config(chroma, tmp_path / "router"), embedder=embedder)
+        router.history.upsert(topic_history(embedder))
+        assert not (tmp_path / "router" / "chroma").exists()  # nothing embedded: the server holds the history
+
+        decision = router.route(topic_prompt("math", 1))
+        assert decision.deployment == "big"  # the neighbours the server returned say only big answers math
+        router.record(decision.id, prompt_tokens=decision.prompt_tokens, completion_tokens=800, quality=1.0)
+        size = router.history.count()
+        assert size == len(topic_history(embedder)) + 1  # the served outcome went to the server
+
+        # Another router process would see the same store: a fresh client on the same server.
+        again = Router(server_config(chroma, tmp_path / "router"), embedder=embedder)
+        assert again.status().history_size == size
+        assert again.route(topic_prompt("code", 1)).deployment == "small"
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped by its PID
