@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(wildcard integrations/*/pyp
 	$(PIP) install --quiet --upgrade pip
 	# The CPU wheel first: a bare `torch` requirement would pull GBs of CUDA packages.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]' $(addprefix -e ,$(INTEGRATIONS))
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]' $(foreach d,$(INTEGRATIONS),-e '$(d:/=)[test]')
 	touch $@
 
 install: $(VENV)/.installed

@@ -93,7 +93,7 @@ def bundled_path(name: str = "routerbench_sample.csv.gz") -> Path:
 def _open_text(path: Path) -> IO[str]:
     with path.open("rb") as fh:
         gzipped = fh.read(2) == b"\x1f\x8b"
-    raw: IO[bytes] = gzip.open(path, "rb") if gzipped else path.open("rb")  # noqa: SIM115
+    raw: IO[bytes] = gzip.open(path, "rb") if gzipped else path.open("rb")  # type: ignore[assignment]  # noqa: SIM115
     # Invalid UTF-8 in a prompt is replaced, not fatal: the row is still a valid routing example.
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
 

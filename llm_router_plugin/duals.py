@@ -22,7 +22,6 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, csr_matrix, hstack, vstack
 
-
 _LOW_END = 1e-7
 
 

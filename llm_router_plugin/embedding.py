@@ -53,7 +53,7 @@ def extract_text(query: Query) -> str:
     return text
 
 
-def _message_text(message: Mapping[str, Any]) -> str:
+def _message_text(message: object) -> str:
     if not isinstance(message, Mapping):
         raise ValueError(f"query: each chat message must be a mapping, got {type(message).__name__}")
     content = message.get("content")

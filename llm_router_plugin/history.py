@@ -187,8 +187,8 @@ class ChromaHistory:
             self._collection.upsert(
                 ids=[r.id for r in batch],
                 embeddings=np.asarray([r.embedding for r in batch], dtype=np.float32),
-                metadatas=[m or None for m in metadatas],  # type: ignore[misc]
-                documents=texts if all(t is not None for t in texts) else None,  # type: ignore[arg-type]
+                metadatas=[m or None for m in metadatas],
+                documents=texts if all(t is not None for t in texts) else None,
             )
             with self._lock:
                 if replaced:
@@ -212,12 +212,12 @@ class ChromaHistory:
         Raises:
             KeyError: no record has that id.
         """
-        got = self._collection.get(ids=[record_id], include=["metadatas"])  # type: ignore[list-item]
+        got = self._collection.get(ids=[record_id], include=["metadatas"])
         if not got["ids"]:
             raise KeyError(f"record_id: no history record {record_id!r}")
         new = outcome.metadata(profile)
         old = {k: v for k, v in ((got["metadatas"] or [{}])[0] or {}).items() if k in new}
-        self._collection.update(ids=[record_id], metadatas=[new])  # type: ignore[list-item]
+        self._collection.update(ids=[record_id], metadatas=[new])
         with self._lock:
             if self._stats is not None:
                 self._stats.add(old, -1)
@@ -245,14 +245,14 @@ class ChromaHistory:
         result = self._collection.query(
             query_embeddings=np.asarray(embeddings, dtype=np.float32),
             n_results=width,
-            include=["metadatas", "distances"],  # type: ignore[list-item]
+            include=["metadatas", "distances"],
         )
         for row in range(n):
             row_ids = result["ids"][row]
             ids[row] = list(row_ids)
             got = len(row_ids)
-            sims[row, :got] = 1.0 - np.asarray(result["distances"][row], dtype=float)  # type: ignore[index]
-            outcomes[row, :got] = outcome_array(result["metadatas"][row], profiles)  # type: ignore[index]
+            sims[row, :got] = 1.0 - np.asarray(result["distances"][row], dtype=float)
+            outcomes[row, :got] = outcome_array(result["metadatas"][row], profiles)
         return Neighbours(ids, sims, outcomes, tuple(profiles))
 
     def profile_means(self, profiles: Sequence[str]) -> np.ndarray:
@@ -281,7 +281,7 @@ class ChromaHistory:
         total = self.count()
         for offset in range(0, total, _CHROMA_MAX_BATCH):
             page = self._collection.get(
-                include=["metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset  # type: ignore[list-item]
+                include=["metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset
             )
             for meta in page["metadatas"] or []:
                 stats.add(meta or {}, +1)

@@ -393,7 +393,7 @@ class Router:
         return window_index(self.ledger.anchor, deployment.window_seconds, now)
 
     def _remaining(self, now: float) -> list[dict[str, float]]:
-        out = []
+        out: list[dict[str, float]] = []
         for deployment in self._deployments:
             limits = deployment.budget_limits()
             if not limits:
@@ -621,7 +621,7 @@ class Router:
                                         self._clock())
         if error is None and self.config.learn_online:
             self.history.upsert([HistoryRecord(
-                id=decision_id, embedding=logged.embedding, text=logged.text,
+                id=decision_id, embedding=logged.embedding.tolist(), text=logged.text,
                 outcomes={logged.profile: ModelOutcome(
                     quality=quality, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=usd,
                 )},

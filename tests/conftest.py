@@ -11,13 +11,13 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
+import pytest
 
-from llm_router_plugin import HashingEmbedder, HistoryRecord, ModelOutcome, Router, RouterConfig  # noqa: E402
+from llm_router_plugin import HashingEmbedder, HistoryRecord, ModelOutcome, Router, RouterConfig
 
 TOPICS = {
     "math": "solve the equation integral derivative algebra number proof",

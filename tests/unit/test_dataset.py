@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from llm_router_plugin import ChromaHistory, HashingEmbedder, HistoryFormatError, bundled_path, import_history, read_data
+from llm_router_plugin import (
+    ChromaHistory,
+    HashingEmbedder,
+    HistoryFormatError,
+    bundled_path,
+    import_history,
+    read_data,
+)
 
 HEADER = "prompt,eval_name,split,sample_id,m1,m1|total_cost,m2\n"
 
