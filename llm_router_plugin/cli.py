@@ -14,6 +14,7 @@ import typer
 
 from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.dataset import bundled_path, import_history, read_data
+from llm_router_plugin.embedding import Keep
 from llm_router_plugin.errors import RouterError
 from llm_router_plugin.router import Decision, Router, RouterStatus
 
@@ -111,6 +112,11 @@ def bench(
     per_run: Annotated[bool, typer.Option(help="Print the table of every (seed, split), not only the mean.")] = True,
     embedder: Annotated[str | None, typer.Option(help="Embedding model (default: bundled all-MiniLM-L6-v2).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="Torch CPU threads for embedding.")] = 2,
+    keep: Annotated[
+        Keep,
+        typer.Option(help="Which end of a long prompt every policy's embeddings see: head (what sentence-transformers "
+                          "does, as the protocol's reference numbers) or tail (the router's default)."),
+    ] = "head",
     cache_dir: Annotated[Path, typer.Option(help="Embedding cache folder.")] = Path(".llm-router/cache"),
 ) -> None:
     """Benchmark the router against the protocol's baselines, PORT and the offline optima (see the README)."""
@@ -129,7 +135,8 @@ def bench(
     source = read_data(data or bundled_path())
     problem = protocol.build_problem(source, protocol.read_prices(prices) if prices else None)
     typer.echo(problem.cost_note)
-    result = runner.run_benchmark(problem, make_embedder(embedder, threads), options, EmbeddingCache(cache_dir))
+    result = runner.run_benchmark(problem, make_embedder(embedder, threads, keep), options,
+                                  EmbeddingCache(cache_dir))
     if per_run:
         for run in result.runs:
             typer.echo(report.run_table(run) + "\n")

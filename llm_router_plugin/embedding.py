@@ -13,17 +13,19 @@ import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from llm_router_plugin.errors import EmptyQueryError
 
-#: Characters kept for embedding. The model reads 256 word pieces at most, so a longer prefix only costs time;
+#: Characters kept for embedding. The model reads 256 word pieces at most, so more text only costs time;
 #: token counting still sees the whole text.
 MAX_EMBED_CHARS = 8000
 
 Query = str | Sequence[Mapping[str, Any]]
+#: Which end of a long text is embedded.
+Keep = Literal["tail", "head"]
 
 
 def extract_text(query: Query) -> str:
@@ -115,6 +117,9 @@ class SentenceTransformerEmbedder:
             small-batch inference by an order of magnitude).
         max_seq_length: word pieces read per text.
         batch_size: texts per forward pass.
+        keep: which end of a text longer than ``max_seq_length`` is embedded. ``"tail"`` (default) keeps the end,
+            where the question is: prompts that share a long prefix (a system prompt, few-shot examples) would
+            otherwise all get the same vector. ``"head"`` keeps the beginning, as sentence-transformers does.
     """
 
     def __init__(
@@ -124,9 +129,13 @@ class SentenceTransformerEmbedder:
         threads: int | None = None,
         max_seq_length: int = 256,
         batch_size: int = 64,
+        keep: Keep = "tail",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if keep not in ("tail", "head"):
+            raise ValueError(f"keep must be 'tail' or 'head', got {keep!r}")
+        self._keep = keep
         self._model_ref = model
         self._threads = threads
         self._max_seq_length = max_seq_length
@@ -136,8 +145,8 @@ class SentenceTransformerEmbedder:
 
     @property
     def name(self) -> str:
-        """The model reference (``all-MiniLM-L6-v2`` for the bundled default)."""
-        return self._model_ref or "all-MiniLM-L6-v2"
+        """The model reference (``all-MiniLM-L6-v2`` for the bundled default) and the kept end: ``…@tail``."""
+        return f"{self._model_ref or 'all-MiniLM-L6-v2'}@{self._keep}"
 
     def _load(self) -> Any:
         with self._lock:
@@ -160,6 +169,7 @@ class SentenceTransformerEmbedder:
         path = self._model_ref or default_model_path()
         model = SentenceTransformer(path, device="cpu", local_files_only=True)
         model.max_seq_length = self._max_seq_length
+        model.tokenizer.truncation_side = "left" if self._keep == "tail" else "right"
         return model
 
     @property
@@ -168,11 +178,11 @@ class SentenceTransformerEmbedder:
         return int(self._load().get_sentence_embedding_dimension())
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts (each cut to :data:`MAX_EMBED_CHARS`) into normalised float32 rows."""
+        """Embed texts (each cut to :data:`MAX_EMBED_CHARS` at the kept end) into normalised float32 rows."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = self._load().encode(
-            [text[:MAX_EMBED_CHARS] for text in texts],
+            [text[-MAX_EMBED_CHARS:] if self._keep == "tail" else text[:MAX_EMBED_CHARS] for text in texts],
             batch_size=self._batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
@@ -231,16 +241,17 @@ class HashingEmbedder:
         return self.embed(texts)
 
 
-def make_embedder(model: str | None = None, threads: int | None = None) -> Embedder:
+def make_embedder(model: str | None = None, threads: int | None = None, keep: Keep = "tail") -> Embedder:
     """Build the embedder a config names: ``hashing-<dim>`` for :class:`HashingEmbedder`, else sentence-transformers.
 
     Args:
         model: a sentence-transformers name or path, ``hashing-<dim>``, or ``None`` for the bundled MiniLM.
         threads: torch CPU threads for sentence-transformers.
+        keep: which end of a long text sentence-transformers embeds (see :class:`SentenceTransformerEmbedder`).
 
     Returns:
         The embedder (sentence-transformers models load lazily on first use).
     """
     if model and model.startswith("hashing-"):
         return HashingEmbedder(int(model.removeprefix("hashing-")))
-    return SentenceTransformerEmbedder(model, threads=threads)
+    return SentenceTransformerEmbedder(model, threads=threads, keep=keep)

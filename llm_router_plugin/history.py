@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 FIELDS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
 _PREFIX = {"quality": "q", "prompt_tokens": "pt", "completion_tokens": "ct", "cost_usd": "usd"}
 _CHROMA_MAX_BATCH = 5000
+#: Hits (queries × neighbours) read per Chroma query call: its metadata lookup must stay under SQLite's variable limit.
+_QUERY_HITS = 20_000
 
 
 def _quiet_chroma() -> None:
@@ -156,7 +158,7 @@ class ChromaHistory:
         self._client = client
         # embedding_function=None: Chroma's default would download a model; we always pass our own vectors.
         self._collection = client.get_or_create_collection(
-            collection, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+            collection, embedding_function=None, configuration={"hnsw": {"space": "cosine", "num_threads": 1}}
         )
         self._lock = threading.Lock()
         self._stats: _Stats | None = None
@@ -242,17 +244,18 @@ class ChromaHistory:
         ids: list[list[str]] = [[] for _ in range(n)]
         if n == 0 or width == 0:
             return Neighbours(ids, sims, outcomes, tuple(profiles))
-        result = self._collection.query(
-            query_embeddings=np.asarray(embeddings, dtype=np.float32),
-            n_results=width,
-            include=["metadatas", "distances"],
-        )
-        for row in range(n):
-            row_ids = result["ids"][row]
-            ids[row] = list(row_ids)
-            got = len(row_ids)
-            sims[row, :got] = 1.0 - np.asarray(result["distances"][row], dtype=float)
-            outcomes[row, :got] = outcome_array(result["metadatas"][row], profiles)
+        vectors = np.asarray(embeddings, dtype=np.float32)
+        # Chroma reads the hits' metadata in one SQL statement per query call, which SQLite caps in variables.
+        step = max(1, _QUERY_HITS // width)
+        for start in range(0, n, step):
+            result = self._collection.query(
+                query_embeddings=vectors[start : start + step], n_results=width, include=["metadatas", "distances"]
+            )
+            for offset, row_ids in enumerate(result["ids"]):
+                row, got = start + offset, len(row_ids)
+                ids[row] = list(row_ids)
+                sims[row, :got] = 1.0 - np.asarray(result["distances"][offset], dtype=float)
+                outcomes[row, :got] = outcome_array(result["metadatas"][offset], profiles)
         return Neighbours(ids, sims, outcomes, tuple(profiles))
 
     def profile_means(self, profiles: Sequence[str]) -> np.ndarray:

@@ -192,7 +192,9 @@ class Router:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.embedder = embedder or make_embedder(config.embedding_model, config.embedding_threads)
+        self.embedder = embedder or make_embedder(
+            config.embedding_model, config.embedding_threads, config.embedding_keep
+        )
         data_dir = Path(config.data_dir)
         self.history = history or ChromaHistory(
             data_dir / "chroma", collection=config.collection, host=config.chroma_host, port=config.chroma_port

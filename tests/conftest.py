@@ -47,6 +47,8 @@ def make_router(tmp_path: Path, embedder: HashingEmbedder) -> Callable[..., Rout
             "data_dir": str(data_dir or tmp_path / "router"),
             "embedding_model": "hashing-64",
             "warmup_queries": 10,
+            # 60 records: a pool of 50 neighbours would span every topic, so no region smoothing here.
+            "estimator": {"region_weight": 0},
             "deployments": [
                 {"name": "big", "model": "big-model", "token_budget": 20_000},
                 {"name": "small", "model": "small-model", "token_budget": 20_000},

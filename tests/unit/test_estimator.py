@@ -1,9 +1,13 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from llm_router_plugin import ChromaHistory, HashingEmbedder
 from llm_router_plugin.config import EstimatorConfig
-from llm_router_plugin.estimator import PRIOR_QUALITY, combine
+from llm_router_plugin.estimator import PRIOR_QUALITY, KnnEstimator, combine
 from llm_router_plugin.history import FIELDS, Neighbours
+from tests.conftest import TOPICS, topic_history, topic_prompt
 
 NAN = np.nan
 
@@ -53,3 +57,15 @@ def test_fewer_records_than_k() -> None:
     nb = neighbours([[1.0], [NAN]], [0.9, NAN])
     est = combine(nb, means([0.0]), EstimatorConfig(k=2))
     assert est.quality[0, 0] == pytest.approx(1.0)
+
+
+def test_a_large_batch_on_chroma_matches_one_query_at_a_time(tmp_path: Path, embedder: HashingEmbedder) -> None:
+    history = ChromaHistory(tmp_path / "chroma")
+    history.upsert(topic_history(embedder, per_topic=40))
+    estimator = KnnEstimator(history, EstimatorConfig(k=5, pool=50))
+    queries = embedder.embed([topic_prompt(topic, i) for i in range(270) for topic in TOPICS])  # 810 × 50 hits
+    batch = estimator.estimate(queries, ["big-model", "small-model"])
+    assert batch.quality.shape == (810, 2)
+    for row in (0, 404, 809):
+        alone = estimator.estimate(queries[row : row + 1], ["big-model", "small-model"])
+        np.testing.assert_allclose(batch.quality[row], alone.quality[0])

@@ -31,6 +31,7 @@ def make_router(tmp_path: Path) -> Callable[..., Router]:
             "data_dir": str(tmp_path / "router"),
             "embedding_model": "hashing-256",
             "warmup_queries": 50,
+            "estimator": {"region_weight": 0},  # a tiny history: a pool of 50 would span every topic
             "deployments": [
                 {"name": "big", "token_budget": 20_000},
                 {"name": "small", "token_budget": 20_000},

@@ -147,7 +147,9 @@ class LiteLLMAdapter:
             raise ValueError(f"settings: 'deployments' come from the LiteLLM model_list (model_info.{KEY}); remove it")
         # Validated now, with a stand-in deployment, so that a bad setting fails at start-up and not on a request.
         self.settings = RouterConfig.from_dict({**settings, "deployments": [{"name": _PLACEHOLDER}]})
-        self.embedder = embedder or make_embedder(self.settings.embedding_model, self.settings.embedding_threads)
+        self.embedder = embedder or make_embedder(
+            self.settings.embedding_model, self.settings.embedding_threads, self.settings.embedding_keep
+        )
         self.history = ChromaHistory(Path(self.settings.data_dir) / "chroma", collection=self.settings.collection,
                                      host=self.settings.chroma_host, port=self.settings.chroma_port)
         self._model_list = model_list

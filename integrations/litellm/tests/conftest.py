@@ -32,7 +32,8 @@ def _reset_litellm_callbacks() -> Iterator[None]:
 @pytest.fixture
 def settings(tmp_path: Path) -> dict[str, Any]:
     """Router settings on a fresh folder, with the fast hashing embedder."""
-    return {"data_dir": str(tmp_path / "router"), "embedding_model": "hashing-256", "warmup_queries": 5}
+    return {"data_dir": str(tmp_path / "router"), "embedding_model": "hashing-256", "warmup_queries": 5,
+            "estimator": {"region_weight": 0}}  # a tiny history: a pool of 50 would span every topic
 
 
 @pytest.fixture
