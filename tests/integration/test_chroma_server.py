@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 def server_config(chroma: ChromaServer, data_dir: Path) -> RouterConfig:
     return RouterConfig.from_dict({
         "data_dir": str(data_dir), "embedding_model": "hashing-64", "warmup_queries": 5,
+        "estimator": {"region_weight": 0},  # 60 records: a pool of 50 would span every topic
         "chroma_host": chroma.host, "chroma_port": chroma.port, "collection": "served-history",
         "deployments": [
             {"name": "big", "model": "big-model", "token_budget": 50_000},
