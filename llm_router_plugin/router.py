@@ -293,11 +293,11 @@ class Router:
         remaining = self._remaining(now)
         affordable = [i for i in allowed if self._covers(remaining[i], self._held(usage[i]))]
         phase: Phase = "learned" if self._learned else "warmup"
-        score = self._scores(phase, quality, usage, remaining, now)
-        if phase == "warmup":
+        pace = self._pace(remaining, now) if phase == "warmup" else None
+        score = self._scores(quality, usage, pace)
+        if pace is not None:
             # Before any price is learned, prefer deployments within the pace (budget left per query still
             # expected); warm-up queries are real users, so when none is within pace the best affordable one serves.
-            pace = self._pace(remaining, now)
             affordable = [i for i in affordable if all(usage[i][u] <= pace[i][u] for u in pace[i])] or affordable
         elif self.config.mode == "max_quality":
             # As in the LP, serve a query only where its estimated quality covers the price λ·ĝ of the budget it
@@ -371,11 +371,10 @@ class Router:
         return all(usage[unit] <= left for unit, left in remaining.items())
 
     def _scores(
-        self, phase: Phase, quality: np.ndarray, usage: list[dict[str, float]], remaining: list[dict[str, float]],
-        now: float,
+        self, quality: np.ndarray, usage: list[dict[str, float]], pace: list[dict[str, float]] | None
     ) -> np.ndarray:
-        if phase == "warmup":
-            pace = self._pace(remaining, now)
+        """Selection scores: budget-paced greedy while warming up (``pace`` given), else the learned dual rule."""
+        if pace is not None:
             ratio = np.array([
                 max((usage[i][u] / pace[i][u] if pace[i][u] > 0 else np.inf) for u in pace[i]) if pace[i] else 0.0
                 for i in range(len(self._deployments))
@@ -419,9 +418,8 @@ class Router:
             now,
         )
 
-    def _expected_remaining(self, deployment: DeploymentConfig, now: float) -> float:
-        """Queries still expected in the deployment's current window (at least 1)."""
-        seen = self.decisions.count()
+    def _expected_remaining(self, deployment: DeploymentConfig, now: float, seen: int) -> float:
+        """Queries still expected in the deployment's current window (at least 1), ``seen`` decisions so far."""
         window = deployment.window_seconds
         if window is None:
             if self.config.expected_queries is not None:
@@ -438,10 +436,12 @@ class Router:
         return max(1.0, rate * window * left)
 
     def _pace(self, remaining: list[dict[str, float]], now: float) -> list[dict[str, float]]:
-        return [
-            {u: max(0.0, left) / self._expected_remaining(d, now) for u, left in remaining[i].items()}
-            for i, d in enumerate(self._deployments)
-        ]
+        seen = self.decisions.count()  # once per query: it is a database read
+        pace = []
+        for i, deployment in enumerate(self._deployments):
+            expected = self._expected_remaining(deployment, now, seen) if remaining[i] else 1.0
+            pace.append({u: max(0.0, left) / expected for u, left in remaining[i].items()})
+        return pace
 
     # ----------------------------------------------------------------------------------------------- duals
 
@@ -485,7 +485,7 @@ class Router:
         count = self.decisions.count()
         remaining = self._remaining(now)
         amounts = np.array([
-            max(0.0, remaining[b.index][b.unit]) * len(sample) / self._expected_remaining(b.deployment, now)
+            max(0.0, remaining[b.index][b.unit]) * len(sample) / self._expected_remaining(b.deployment, now, count)
             for b in self._budgets
         ])
         quality = np.array([[row[d.name]["quality"] for d in self._deployments] for row in sample]).reshape(
