@@ -113,6 +113,8 @@ CREATE TABLE IF NOT EXISTS holds (
     decision_id TEXT PRIMARY KEY, deployment TEXT NOT NULL, window INTEGER NOT NULL,
     tokens REAL NOT NULL, usd REAL NOT NULL, expires_at REAL NOT NULL, status TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS holds_live ON holds (deployment, window, status);
+-- Expiry runs before every read and hold; without this it scans every hold ever made (100 ms at a million).
+CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at) WHERE status = 'held';
 """
 
 
