@@ -2,7 +2,9 @@
 
 At route time the router *reserves* a query's estimated usage on the chosen deployment, atomically with the check
 that the deployment can still afford it; when the call ends, ``settle`` replaces the reservation with what was
-actually used. A reservation never settled stops counting after its timeout. Units are ``"tokens"`` and ``"usd"``.
+actually used. A reservation whose outcome never arrives (the process crashed mid-call, the logger was lost) is
+*charged* at its reserved amount when it times out: the call may well have happened. A late settlement then replaces
+that charge by the actual usage, and a late failure refunds it. Units are ``"tokens"`` and ``"usd"``.
 
 The SQLite backend keeps everything in one file: it survives restarts and is safe across threads, asyncio tasks
 (through worker threads) and processes sharing the file.
@@ -53,7 +55,7 @@ class Settlement:
         deployment: the deployment charged.
         reserved: unit → amount that had been held.
         actual: unit → amount charged.
-        was_expired: the reservation had already timed out (the actual usage is charged all the same).
+        was_expired: the reservation had already timed out and been charged (the actual usage replaced that charge).
     """
 
     deployment: str
@@ -86,7 +88,7 @@ class BudgetLedger(Protocol):
         ...
 
     def release(self, decision_id: str) -> bool:
-        """Drop a decision's hold without charging (the call failed); False if there was none."""
+        """Drop a decision's hold (or refund its expiry charge) without charging: the call failed; False if none."""
         ...
 
     def usage(
@@ -160,7 +162,22 @@ class SQLiteLedger:
             self._db.close()
 
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        # A hold nobody settled is charged in full: the call may have been answered before its process died.
+        for deployment, window, tokens, usd in db.execute(
+            "SELECT deployment, window, SUM(tokens), SUM(usd) FROM holds WHERE status='held' AND expires_at <= ? "
+            "GROUP BY deployment, window", (now,),
+        ).fetchall():
+            self._charge(db, deployment, window, {"tokens": tokens, "usd": usd})
         db.execute("UPDATE holds SET status='expired' WHERE status='held' AND expires_at <= ?", (now,))
+
+    @staticmethod
+    def _charge(db: sqlite3.Connection, deployment: str, window: int, amounts: Mapping[str, float]) -> None:
+        for unit, amount in amounts.items():
+            db.execute(
+                "INSERT INTO spend VALUES (?, ?, ?, ?) ON CONFLICT (deployment, window, unit) "
+                "DO UPDATE SET amount = amount + excluded.amount",
+                (deployment, window, unit, float(amount)),
+            )
 
     @staticmethod
     def _totals(db: sqlite3.Connection, deployment: str, window: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -212,7 +229,8 @@ class SQLiteLedger:
     def settle(self, decision_id: str, actual: Mapping[str, float], now: float | None = None) -> Settlement | None:
         """Charge a decision's actual usage to its deployment and window, dropping its hold.
 
-        A hold that has expired is still charged: the tokens were spent. Settling twice charges once.
+        A hold that expired was charged at its reserved amount; settling it replaces that charge by the actual usage.
+        Settling twice charges once.
 
         Args:
             decision_id: the decision.
@@ -232,26 +250,29 @@ class SQLiteLedger:
                 return None
             deployment, window, tokens, usd, status = row
             db.execute("UPDATE holds SET status='settled' WHERE decision_id=?", (decision_id,))
-            for unit, amount in actual.items():
-                db.execute(
-                    "INSERT INTO spend VALUES (?, ?, ?, ?) ON CONFLICT (deployment, window, unit) "
-                    "DO UPDATE SET amount = amount + excluded.amount",
-                    (deployment, window, unit, float(amount)),
-                )
+            charge = dict(actual)
+            if status == "expired":
+                charge = {u: charge.get(u, 0.0) - held for u, held in (("tokens", tokens), ("usd", usd))}
+            self._charge(db, deployment, window, charge)
         return Settlement(deployment, {"tokens": tokens, "usd": usd}, dict(actual), status == "expired")
 
     def release(self, decision_id: str) -> bool:
-        """Drop a live or expired hold without charging anything.
+        """Drop a live hold, or refund an expired hold's charge: the call failed, nothing was spent.
 
         Returns:
-            True if a hold was dropped.
+            True if a hold was dropped or refunded.
         """
         with self._tx() as db:
-            cursor = db.execute(
-                "UPDATE holds SET status='released' WHERE decision_id=? AND status IN ('held', 'expired')",
-                (decision_id,),
-            )
-            return cursor.rowcount > 0
+            row = db.execute(
+                "SELECT deployment, window, tokens, usd, status FROM holds WHERE decision_id=?", (decision_id,)
+            ).fetchone()
+            if row is None or row[4] not in ("held", "expired"):
+                return False
+            deployment, window, tokens, usd, status = row
+            db.execute("UPDATE holds SET status='released' WHERE decision_id=?", (decision_id,))
+            if status == "expired":
+                self._charge(db, deployment, window, {"tokens": -tokens, "usd": -usd})
+            return True
 
     def usage(
         self, deployment: str, window: int, now: float | None = None

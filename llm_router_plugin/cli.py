@@ -14,8 +14,10 @@ import typer
 
 from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.dataset import bundled_path, import_history, read_data
-from llm_router_plugin.embedding import Keep
+from llm_router_plugin.embedding import Keep, make_embedder
 from llm_router_plugin.errors import RouterError
+from llm_router_plugin.history import ChromaHistory
+from llm_router_plugin.pricing import read_prices
 from llm_router_plugin.router import Decision, Router, RouterStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Budget-aware per-query LLM routing.")
@@ -53,11 +55,13 @@ def import_command(
         if strict:
             typer.echo("nothing imported (--strict)", err=True)
             raise typer.Exit(1)
-    router = Router(cfg)
-    report = import_history(data, router.history, router.embedder, batch_size=batch_size,
-                            store_prompts=cfg.store_prompts, progress=True)
+    # No Router here: its start-up checks (a price for every USD budget) may need the very history being imported.
+    history = ChromaHistory.from_config(cfg)
+    embedder = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep)
+    report = import_history(data, history, embedder, batch_size=batch_size, store_prompts=cfg.store_prompts,
+                            progress=True)
     typer.echo(f"imported {report.added} new record(s), {report.existing} already present, {report.rejected} "
-               f"rejected; models: {', '.join(report.models)}; history now {router.history.count()} records")
+               f"rejected; models: {', '.join(report.models)}; history now {history.count()} records")
     missing = [d.model for d in cfg.deployments if d.model not in report.models]
     if missing:
         typer.echo(f"note: this file has no outcomes for profiles {missing}", err=True)
@@ -103,7 +107,9 @@ def bench(
         str | None, typer.Option(help="Comma-separated policies (default: all but ours-feedback).")
     ] = None,
     prices: Annotated[
-        Path | None, typer.Option(help="USD per million tokens per model, for data without costs.")
+        Path | None, typer.Option(help="USD per million tokens per model: costs for data without them, and the "
+                                       "prices our router's deployments are configured with (default for the "
+                                       "shipped sample: its models' list prices).")
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
     plot: Annotated[
@@ -122,7 +128,6 @@ def bench(
     """Benchmark the router against the protocol's baselines, PORT and the offline optima (see the README)."""
     from llm_router_plugin.bench import protocol, report, runner
     from llm_router_plugin.bench.cache import EmbeddingCache
-    from llm_router_plugin.embedding import make_embedder
 
     options = runner.BenchOptions(
         seeds=protocol.parse_seeds(seeds),
@@ -133,7 +138,9 @@ def bench(
         plot_multipliers=runner.PLOT_MULTIPLIERS if plot else (),
     )
     source = read_data(data or bundled_path())
-    problem = protocol.build_problem(source, protocol.read_prices(prices) if prices else None)
+    if prices is None and data is None:
+        prices = bundled_path("routerbench_prices.json")  # the list prices the shipped sample's costs came from
+    problem = protocol.build_problem(source, read_prices(prices) if prices else None)
     typer.echo(problem.cost_note)
     result = runner.run_benchmark(problem, make_embedder(embedder, threads, keep), options,
                                   EmbeddingCache(cache_dir))

@@ -51,7 +51,7 @@ class DeploymentConfig(BaseModel):
         fallback: serve queries here when no deployment can afford them (budget is then not enforced).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     model: str = ""
@@ -107,7 +107,7 @@ class EstimatorConfig(BaseModel):
         default_completion_tokens: completion-token prior for a model that history has no token counts for.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     k: int = Field(default=5, ge=1, le=200)
     pool: int = Field(default=50, ge=1, le=500)
@@ -149,7 +149,7 @@ class RouterConfig(BaseModel):
         estimator: neighbour and estimate settings.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     deployments: list[DeploymentConfig]
     mode: Literal["max_quality", "quality_target"] = "max_quality"

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
-from llm_router_plugin.embedding import Embedder
+from llm_router_plugin.embedding import Embedder, estimate_tokens
 from llm_router_plugin.errors import HistoryFormatError
 from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
 
@@ -211,6 +211,18 @@ class ImportReport:
     message: str
 
 
+def _with_prompt_tokens(row: DataRow) -> dict[str, ModelOutcome]:
+    """A row's outcomes, with prompt tokens estimated from the text where the file has none.
+
+    History then knows tokens beside costs, which is what a per-token rate is fitted on (a deployment with a USD
+    budget and no configured price is priced that way).
+    """
+    estimated = estimate_tokens(row.prompt)
+    return {model: outcome if outcome.prompt_tokens is not None
+            else outcome.model_copy(update={"prompt_tokens": estimated})
+            for model, outcome in row.outcomes.items()}
+
+
 def import_history(
     data: DataFile, store: ChromaHistory, embedder: Embedder, *, batch_size: int = 256,
     store_prompts: bool = True, progress: bool = False,
@@ -243,7 +255,7 @@ def import_history(
         vectors = embedder.embed([row.prompt for row in batch])
         store.upsert([
             HistoryRecord(id=row.record_id, embedding=vector, text=row.prompt if store_prompts else None,
-                          task=row.task or None, outcomes=row.outcomes)
+                          task=row.task or None, outcomes=_with_prompt_tokens(row))
             for row, vector in zip(batch, vectors, strict=True)
         ])
         bar.update(len(batch))

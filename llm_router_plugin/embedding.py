@@ -28,28 +28,38 @@ Query = str | Sequence[Mapping[str, Any]]
 Keep = Literal["tail", "head"]
 
 
-def extract_text(query: Query) -> str:
-    """Return the routable text of a query.
+def query_text(query: Query) -> str:
+    """Return the routable text of a query, which may be empty.
 
     Args:
         query: a prompt string, or OpenAI-style chat messages (``{"role": ..., "content": str | list[part]}``); list
-            content keeps its ``{"type": "text", "text": ...}`` parts and drops images, audio and other parts.
+            content keeps its ``{"type": "text", "text": ...}`` parts and drops images, audio and other parts; the
+            names and arguments of an assistant's tool calls count as text.
 
     Returns:
         The text of all messages joined by newlines, with invalid UTF-8 (lone surrogates) replaced.
 
     Raises:
-        EmptyQueryError: the query holds no non-whitespace text.
         ValueError: ``query`` is neither a string nor a sequence of message mappings.
     """
     if isinstance(query, str):
         text = query
     elif isinstance(query, Sequence):
-        text = "\n".join(_message_text(message) for message in query)
+        text = "\n".join(part for message in query if (part := _message_text(message)))
     else:
         raise ValueError(f"query must be a string or a list of chat messages, got {type(query).__name__}")
     # Lone surrogates (from badly decoded input) cannot be encoded as UTF-8 by the tokenizer or SQLite.
-    text = text.encode("utf-8", errors="replace").decode("utf-8")
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def extract_text(query: Query) -> str:
+    """Return the routable text of a query (see :func:`query_text`), refusing a query without any.
+
+    Raises:
+        EmptyQueryError: the query holds no non-whitespace text.
+        ValueError: ``query`` is neither a string nor a sequence of message mappings.
+    """
+    text = query_text(query)
     if not text.strip():
         raise EmptyQueryError("query: the query has no text to route on (empty, whitespace or no text parts)")
     return text
@@ -59,15 +69,21 @@ def _message_text(message: object) -> str:
     if not isinstance(message, Mapping):
         raise ValueError(f"query: each chat message must be a mapping, got {type(message).__name__}")
     content = message.get("content")
+    parts: list[str] = []
     if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "\n".join(
+        parts.append(content)
+    elif isinstance(content, Sequence):
+        parts.extend(
             str(part.get("text", ""))
             for part in content
             if isinstance(part, Mapping) and part.get("type", "text") == "text"
         )
-    return ""
+    # A tool-calling turn says what it asks for in its calls: their names and arguments are what to route on.
+    calls = message.get("tool_calls")
+    functions = [call.get("function") for call in calls if isinstance(call, Mapping)] if isinstance(calls, list) else []
+    functions.append(message.get("function_call"))
+    parts.extend(f"{f.get('name', '')} {f.get('arguments', '')}" for f in functions if isinstance(f, Mapping))
+    return "\n".join(p for p in parts if p)
 
 
 def estimate_tokens(text: str) -> int:

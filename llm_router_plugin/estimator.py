@@ -179,3 +179,22 @@ class KnnEstimator:
         # (1 − t)·d̂ + t·u stays in [0, 1] and keeps the order of estimates that differ by more than t.
         t = self._config.tie_break
         return replace(estimates, quality=(1.0 - t) * estimates.quality + t * tie_offsets(embeddings, profiles))
+
+    def estimate_without_text(self, profiles: list[str]) -> Estimates:
+        """Estimates for one query that has no text to look neighbours up with (an image, a file, an empty turn).
+
+        Each profile's mean over all history (then the configured priors) stands for the query.
+
+        Args:
+            profiles: the model profiles to estimate.
+
+        Returns:
+            Estimates of shape ``(1, len(profiles))`` per field.
+        """
+        prior = _prior(self._history.profile_means(profiles), self._config)[None]
+        return Estimates(
+            profiles=tuple(profiles), quality=np.clip(prior[:, :, _QUALITY], 0.0, 1.0),
+            prompt_tokens=prior[:, :, _PROMPT], completion_tokens=prior[:, :, _COMPLETION],
+            cost_usd=prior[:, :, _COST], support=np.zeros(prior.shape[:2], dtype=int),
+            completion_tokens_high=prior[:, :, _COMPLETION], cost_usd_high=prior[:, :, _COST],
+        )

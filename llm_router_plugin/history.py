@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llm_router_plugin.config import RouterConfig
+
 #: Outcome fields, in the order of the last axis of :attr:`Neighbours.outcomes`.
 FIELDS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
 _PREFIX = {"quality": "q", "prompt_tokens": "pt", "completion_tokens": "ct", "cost_usd": "usd"}
@@ -162,6 +164,12 @@ class ChromaHistory:
         )
         self._lock = threading.Lock()
         self._stats: _Stats | None = None
+
+    @classmethod
+    def from_config(cls, config: RouterConfig) -> ChromaHistory:
+        """The store a router config names: a Chroma server at ``chroma_host``, else ``<data_dir>/chroma``."""
+        return cls(Path(config.data_dir) / "chroma", collection=config.collection, host=config.chroma_host,
+                   port=config.chroma_port)
 
     @property
     def name(self) -> str:

@@ -25,10 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from llm_router_plugin.bench.protocol import Price, read_prices
 from llm_router_plugin.dataset import DataFile, DataRow, bundled_path, read_data
-from llm_router_plugin.embedding import estimate_tokens, extract_text
-from llm_router_plugin.errors import EmptyQueryError
+from llm_router_plugin.embedding import estimate_tokens, query_text
+from llm_router_plugin.pricing import Price, completion_tokens_from_cost, read_prices
 
 #: Prices of the RouterBench models, shipped with the package (USD per million tokens).
 DEFAULT_PRICES = "routerbench_prices.json"
@@ -108,8 +107,8 @@ class ReplayBook:
         Returns:
             The answer and its usage; the same request always gets the same reply.
         """
-        estimated = estimate_tokens(_text(messages))
-        prompt = _text([m for m in messages if m.get("role") == "user"][-1:])
+        estimated = estimate_tokens(query_text(messages))
+        prompt = query_text([m for m in messages if m.get("role") == "user"][-1:])
         row = self._rows.get(prompt)
         outcome = row.outcomes.get(model) if row else None
         if row is None or (outcome is None and model not in row.answers):
@@ -129,18 +128,9 @@ class ReplayBook:
         if outcome.completion_tokens is not None:
             return outcome.completion_tokens
         price = self._prices.get(model)
-        if price is None or outcome.cost_usd is None or price.output_usd_per_mtok <= 0:
+        if price is None or outcome.cost_usd is None:
             return None
-        output_usd = outcome.cost_usd - prompt_tokens * price.input_usd_per_mtok / 1e6
-        # A one-letter answer's cost is within rounding of the prompt's: still one token of output.
-        return max(1, round(output_usd * 1e6 / price.output_usd_per_mtok))
-
-
-def _text(messages: Sequence[Mapping[str, Any]]) -> str:
-    try:
-        return extract_text(messages)
-    except EmptyQueryError:
-        return ""
+        return completion_tokens_from_cost(outcome.cost_usd, prompt_tokens, price)
 
 
 class ReplayServer(ThreadingHTTPServer):

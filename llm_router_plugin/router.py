@@ -15,6 +15,8 @@ reservation with the actual usage and adds the outcome to history.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import threading
 import time
 import uuid
@@ -36,16 +38,21 @@ from llm_router_plugin.duals import (
     solve_max_quality,
     solve_quality_target,
 )
-from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, extract_text, make_embedder
-from llm_router_plugin.errors import BudgetExhaustedError, UnknownDecisionError
+from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, make_embedder, query_text
+from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, UnknownDecisionError
 from llm_router_plugin.estimator import Estimates, KnnEstimator
 from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
+from llm_router_plugin.pricing import resolve_prices, usage_estimate
+from llm_router_plugin.validation import optional_amount, optional_token_count, score, token_count
 
 Phase = Literal["warmup", "learned", "fallback"]
 
 #: Decisions the dual LP is solved on at most (the most recent ones).
 MAX_SAMPLE = 4000
+#: Prompt tokens assumed per image, file or audio part when the caller counted none (a high-detail image is ~765).
+NON_TEXT_PART_TOKENS = 1000
 _STATE_KEY = "duals"
+_log = logging.getLogger("llm_router_plugin")
 
 
 class Candidate(BaseModel):
@@ -164,6 +171,20 @@ class _Budget:
         self.limit = limit
 
 
+class _Request:
+    """A validated query, before anything is written: its text (``""``: none), prompt tokens and limits."""
+
+    __slots__ = ("allowed", "counted", "max_tokens", "prompt_tokens", "text")
+
+    def __init__(self, text: str, prompt_tokens: int, counted: bool, max_tokens: int | None,
+                 allowed: list[int]) -> None:
+        self.text = text
+        self.prompt_tokens = prompt_tokens
+        self.counted = counted
+        self.max_tokens = max_tokens
+        self.allowed = allowed
+
+
 class Router:
     """Routes queries between deployments under per-deployment budgets.
 
@@ -196,9 +217,7 @@ class Router:
             config.embedding_model, config.embedding_threads, config.embedding_keep
         )
         data_dir = Path(config.data_dir)
-        self.history = history or ChromaHistory(
-            data_dir / "chroma", collection=config.collection, host=config.chroma_host, port=config.chroma_port
-        )
+        self.history = history or ChromaHistory.from_config(config)
         self.ledger: BudgetLedger = ledger or SQLiteLedger(data_dir / "ledger.sqlite3")
         self.decisions = decisions or DecisionLog(data_dir / "ledger.sqlite3")
         self.estimator = KnnEstimator(self.history, config.estimator)
@@ -212,6 +231,8 @@ class Router:
             for unit, limit in d.budget_limits().items()
         ]
         self._owner = np.array([b.index for b in self._budgets], dtype=int)
+        self._by_name = {d.name: d for d in self._deployments}
+        self._prices = resolve_prices(self._deployments, self.history.profile_means)
         self._solve_lock = threading.Lock()
         self._state: dict[str, Any] = self.ledger.get_state(_STATE_KEY) or {}
 
@@ -240,37 +261,63 @@ class Router:
     # ----------------------------------------------------------------------------------------------- routing
 
     def route(
-        self, query: Query, *, prompt_tokens: int | None = None, deployments: Sequence[str] | None = None
+        self, query: Query, *, prompt_tokens: int | None = None, max_tokens: int | None = None,
+        deployments: Sequence[str] | None = None,
     ) -> Decision:
         """Choose a deployment for a query and reserve its estimated usage.
 
+        A chat query without text (an image, a file, an empty turn) is routed on each model's mean over history,
+        and its reason says so; pass ``prompt_tokens`` for it (else each non-text part counts as
+        :data:`NON_TEXT_PART_TOKENS`).
+
         Args:
             query: prompt text or OpenAI-style chat messages.
-            prompt_tokens: exact prompt tokens if the caller counted them; else about four characters a token.
+            prompt_tokens: exact prompt tokens if the caller counted them (held exactly); else about four characters
+                a token, held with the reserve margin.
+            max_tokens: the request's completion limit: caps the completion part of the estimate and the hold.
             deployments: restrict the choice to these deployments (e.g. the healthy ones); ``None`` = all.
 
         Returns:
             The decision; pass ``decision.id`` to :meth:`record` when the call ends.
 
         Raises:
-            EmptyQueryError: the query has no text.
-            ValueError: ``deployments`` names an unknown deployment or is empty.
+            EmptyQueryError: the query is an empty string or an empty message list.
+            ValueError: ``prompt_tokens`` or ``max_tokens`` is not a valid count, or ``deployments`` names an unknown
+                deployment or is empty (nothing is reserved or logged then).
             BudgetExhaustedError: no allowed deployment can afford the query (or, once learned, is worth its
                 budget for it) and none is a fallback.
         """
-        text = extract_text(query)
-        allowed = self._allowed(deployments)
-        embedding = self.embedder.embed([text])[0]
-        return self._decide(text, embedding, prompt_tokens, allowed)
+        request = self._request(query, prompt_tokens, max_tokens, deployments)
+        embedding = self.embedder.embed([request.text])[0] if request.text else None
+        return self._decide(request, embedding)
 
     async def aroute(
-        self, query: Query, *, prompt_tokens: int | None = None, deployments: Sequence[str] | None = None
+        self, query: Query, *, prompt_tokens: int | None = None, max_tokens: int | None = None,
+        deployments: Sequence[str] | None = None,
     ) -> Decision:
         """Async :meth:`route`: embedding, store and ledger work run off the event loop."""
-        text = extract_text(query)
-        allowed = self._allowed(deployments)
-        embedding = (await self.embedder.aembed([text]))[0]
-        return await asyncio.to_thread(self._decide, text, embedding, prompt_tokens, allowed)
+        request = self._request(query, prompt_tokens, max_tokens, deployments)
+        embedding = (await self.embedder.aembed([request.text]))[0] if request.text else None
+        return await asyncio.to_thread(self._decide, request, embedding)
+
+    def _request(self, query: Query, prompt_tokens: Any, max_tokens: Any, deployments: Sequence[str] | None
+                 ) -> _Request:
+        counted = optional_token_count("prompt_tokens", prompt_tokens)
+        limit = optional_token_count("max_tokens", max_tokens)
+        if limit == 0:
+            raise ValueError("max_tokens: must be at least 1")
+        text = query_text(query)
+        if not text.strip():
+            if isinstance(query, str) or not query:
+                raise EmptyQueryError("query: the query has no text and no messages to route on")
+            text = ""  # chat turns without text (images, files, empty turns): routed on the models' means
+        if counted is not None:
+            tokens = counted
+        elif text:
+            tokens = estimate_tokens(text)
+        else:
+            tokens = NON_TEXT_PART_TOKENS * max(1, _non_text_parts(query))
+        return _Request(text, tokens, counted is not None, limit, self._allowed(deployments))
 
     def _allowed(self, deployments: Sequence[str] | None) -> list[int]:
         if deployments is None:
@@ -283,14 +330,18 @@ class Router:
             raise ValueError("deployments: an empty list leaves nothing to route to")
         return sorted({names.index(n) for n in deployments})
 
-    def _decide(self, text: str, embedding: np.ndarray, prompt_tokens: int | None, allowed: list[int]) -> Decision:
+    def _decide(self, request: _Request, embedding: np.ndarray | None) -> Decision:
         now = self._clock()
-        tokens_in = prompt_tokens if prompt_tokens is not None else estimate_tokens(text)
         priced_out = False
-        estimates = self.estimator.estimate(embedding[None, :], self._profiles)
-        quality, usage = self._deployment_estimates(estimates, tokens_in)
+        if embedding is None:
+            estimates = self.estimator.estimate_without_text(self._profiles)
+            embedding = np.zeros(0, dtype=np.float32)  # logged as such: it never joins history
+        else:
+            estimates = self.estimator.estimate(embedding[None, :], self._profiles)
+        quality, usage = self._deployment_estimates(estimates, request)
         self._maybe_solve(now)
         remaining = self._remaining(now)
+        allowed = request.allowed
         affordable = [i for i in allowed if self._covers(remaining[i], self._held(usage[i]))]
         phase: Phase = "learned" if self._learned else "warmup"
         pace = self._pace(remaining, now) if phase == "warmup" else None
@@ -312,51 +363,46 @@ class Router:
             best = pick(score, share, affordable)
             decision_id = uuid.uuid4().hex
             if self._reserve(decision_id, best, usage[best], now, enforce=True):
-                decision = self._finish(decision_id, best, phase, text, embedding, tokens_in, quality, usage, score,
+                decision = self._finish(decision_id, best, phase, request, embedding, quality, usage, score,
                                         remaining, affordable, now)
                 self._maybe_solve(now)  # this decision may complete the warm-up or a doubling step
                 return decision
             affordable.remove(best)  # another request took the budget between the check and the hold
-        return self._fallback(text, embedding, tokens_in, quality, usage, score, remaining, allowed, now,
-                              priced_out=priced_out)
+        return self._fallback(request, embedding, quality, usage, score, remaining, now, priced_out=priced_out)
 
     def _fallback(
-        self, text: str, embedding: np.ndarray, tokens_in: int, quality: np.ndarray, usage: list[dict[str, float]],
-        score: np.ndarray, remaining: list[dict[str, float]], allowed: list[int], now: float, *, priced_out: bool,
+        self, request: _Request, embedding: np.ndarray, quality: np.ndarray, usage: list[dict[str, float]],
+        score: np.ndarray, remaining: list[dict[str, float]], now: float, *, priced_out: bool,
     ) -> Decision:
-        fallbacks = [i for i in allowed if self._deployments[i].fallback]
+        fallbacks = [i for i in request.allowed if self._deployments[i].fallback]
         if not fallbacks:
             # A refused query is traffic all the same: logged, it counts toward the volume and the LP's sample.
             self.decisions.add(uuid.uuid4().hex, "", "", "declined", embedding, None,
                                self._logged_estimates(quality, usage), created_at=now)
-            raise BudgetExhaustedError({self._deployments[i].name: remaining[i] for i in allowed},
+            raise BudgetExhaustedError({self._deployments[i].name: remaining[i] for i in request.allowed},
                                        priced_out=priced_out)
         best = max(fallbacks, key=lambda i: quality[i])
         decision_id = uuid.uuid4().hex
         self._reserve(decision_id, best, usage[best], now, enforce=False)
-        return self._finish(decision_id, best, "fallback", text, embedding, tokens_in, quality, usage, score,
-                            remaining, [], now)
+        return self._finish(decision_id, best, "fallback", request, embedding, quality, usage, score, remaining, [],
+                            now)
 
-    def _deployment_estimates(self, estimates: Estimates, tokens_in: int) -> tuple[np.ndarray, list[dict[str, float]]]:
+    def _deployment_estimates(self, estimates: Estimates, request: _Request
+                              ) -> tuple[np.ndarray, list[dict[str, float]]]:
         quality = estimates.quality[0, self._column]
-        usage = []
-        for deployment, col in zip(self._deployments, self._column, strict=True):
-            completion = float(estimates.completion_tokens[0, col])
-            completion_high = float(estimates.completion_tokens_high[0, col])
-            if deployment.input_usd_per_mtok is not None or deployment.output_usd_per_mtok is not None:
-                price_in, price_out = deployment.input_usd_per_mtok or 0.0, deployment.output_usd_per_mtok or 0.0
-                usd, usd_high = ((tokens_in * price_in + c * price_out) / 1e6 for c in (completion, completion_high))
-            else:
-                usd = float(np.nan_to_num(estimates.cost_usd[0, col]))
-                usd_high = float(np.nan_to_num(estimates.cost_usd_high[0, col]))
-            # The mean drives the choice; the "_high" values (what the costliest neighbour used) are what is held.
-            usage.append({"tokens": tokens_in + completion, "usd": usd,
-                          "tokens_high": tokens_in + completion_high, "usd_high": usd_high})
+        usage = [
+            usage_estimate(
+                price, request.prompt_tokens, request.counted, float(estimates.completion_tokens[0, col]),
+                float(estimates.completion_tokens_high[0, col]), self.config.reserve_margin, request.max_tokens,
+            )
+            for price, col in zip(self._prices, self._column, strict=True)
+        ]
         return quality, usage
 
-    def _held(self, usage: dict[str, float]) -> dict[str, float]:
-        """What to reserve for an estimate: its high side (or the estimate) plus the configured margin."""
-        return {u: max(0.0, usage.get(f"{u}_high", usage[u])) * (1.0 + self.config.reserve_margin) for u in UNITS}
+    @staticmethod
+    def _held(usage: dict[str, float]) -> dict[str, float]:
+        """What to reserve for an estimate (see :func:`~llm_router_plugin.pricing.usage_estimate`)."""
+        return {u: max(0.0, usage[f"{u}_hold"]) for u in UNITS}
 
     def _budget_share(self, usage: list[dict[str, float]]) -> np.ndarray:
         """Per deployment, the largest fraction of one of its budgets this query would use (0 if unlimited)."""
@@ -481,7 +527,7 @@ class Router:
             The new weights (also persisted with the ledger).
         """
         now = self._clock() if now is None else now
-        sample = self._sample()
+        sample, skipped = self._sample()
         count = self.decisions.count()
         remaining = self._remaining(now)
         amounts = np.array([
@@ -505,11 +551,15 @@ class Router:
         lambdas: dict[str, dict[str, float]] = {}
         for b, value in zip(self._budgets, solution.lambdas, strict=True):
             lambdas.setdefault(b.deployment.name, {})[b.unit] = float(value) if np.isfinite(value) else 1e300
+        notes = list(solution.notes)
+        if skipped:
+            notes.append(f"skipped {skipped} logged decision(s) whose estimates are not finite, non-negative numbers")
+            _log.warning("dual solve: %s", notes[-1])
         self._state = {
             "lambdas": lambdas,
             "mu": solution.mu,
             "feasible": solution.feasible,
-            "notes": solution.notes,
+            "notes": notes,
             "solved_at": count,
             "next_solve_at": max(2 * count, self.config.warmup_queries),
             "window_key": self._window_key(now),
@@ -518,15 +568,24 @@ class Router:
         self.ledger.set_state(_STATE_KEY, self._state)
         return solution
 
-    def _sample(self) -> list[dict[str, dict[str, float]]]:
+    def _sample(self) -> tuple[list[dict[str, dict[str, float]]], int]:
+        """The recent decisions' estimates the LP is solved on, and how many were skipped as unusable."""
         names = {d.name for d in self._deployments}
+        keys = ("quality", *UNITS)
         # Rows logged under another set of deployments (the config changed) cannot join the LP.
-        return [row for row in self.decisions.recent_estimates(MAX_SAMPLE) if names <= row.keys()]
+        rows = [row for row in self.decisions.recent_estimates(MAX_SAMPLE) if names <= row.keys()]
+        # One non-finite or negative number (an older version's bug, a hand-edited log) would make every solve, and
+        # so every later route, fail: such rows are left out.
+        usable = [row for row in rows if all(
+            isinstance(value := row[name].get(key, 0.0), int | float) and math.isfinite(value) and value >= 0
+            for name in names for key in keys
+        )]
+        return usable, len(rows) - len(usable)
 
     # ----------------------------------------------------------------------------------------------- finishing
 
     def _finish(
-        self, decision_id: str, chosen: int, phase: Phase, text: str, embedding: np.ndarray, tokens_in: int,
+        self, decision_id: str, chosen: int, phase: Phase, request: _Request, embedding: np.ndarray,
         quality: np.ndarray, usage: list[dict[str, float]], score: np.ndarray, remaining: list[dict[str, float]],
         affordable: list[int], now: float,
     ) -> Decision:
@@ -544,13 +603,15 @@ class Router:
         chosen_dep = self._deployments[chosen]
         self.decisions.add(
             decision_id, chosen_dep.name, chosen_dep.model, phase, embedding,
-            text if self.config.store_prompts else None,
+            request.text if self.config.store_prompts and request.text else None,
             self._logged_estimates(quality, usage), created_at=now,
         )
+        reason = self._reason(phase, chosen_dep, quality[chosen], score[chosen], len(affordable))
+        if not request.text:
+            reason = f"no text to route on, so every model is estimated by its mean over history; {reason}"
         return Decision(
-            id=decision_id, deployment=chosen_dep.name, model=chosen_dep.model, phase=phase,
-            reason=self._reason(phase, chosen_dep, quality[chosen], score[chosen], len(affordable)),
-            prompt_tokens=tokens_in, reserved=self._held(usage[chosen]),
+            id=decision_id, deployment=chosen_dep.name, model=chosen_dep.model, phase=phase, reason=reason,
+            prompt_tokens=request.prompt_tokens, reserved=self._held(usage[chosen]),
             candidates=candidates, created_at=now,
         )
 
@@ -581,54 +642,84 @@ class Router:
     ) -> Settlement | None:
         """Settle a decision with its actual usage and add the outcome to history.
 
-        A failed call (``error`` set) that reports no tokens releases its reservation and adds nothing to history.
+        Every argument is checked before anything is written. The ledger is settled first and the decision closed
+        second, each at most once, so a record interrupted between the two (a crash, a full disk) is completed by
+        calling it again, and charges once. A failed call (``error`` set) that reports no tokens releases its
+        reservation and adds nothing to history. A history store that fails after the ledger was settled is logged,
+        not raised: the spend is kept.
 
         Args:
             decision_id: from :meth:`route`.
-            prompt_tokens: actual prompt tokens.
-            completion_tokens: actual completion tokens.
-            cost_usd: actual cost; ``None`` = from the deployment's prices, else the reserved estimate.
+            prompt_tokens: actual prompt tokens (a whole number ≥ 0).
+            completion_tokens: actual completion tokens (a whole number ≥ 0).
+            cost_usd: actual cost; ``None`` = the tokens at the deployment's price, else the decision's estimate.
             latency_s: call latency, kept in the decision log.
             error: the error message of a failed call.
             quality: a quality score in [0, 1] if already known (else use :meth:`feedback` later).
             ttft_s: time to first token of a streamed call, kept in the decision log.
 
         Returns:
-            The settlement, or ``None`` if the decision was already recorded.
+            The settlement, or ``None`` if the decision was already recorded or the call failed without usage.
+            A settlement completed by a retry has empty ``reserved`` amounts.
 
         Raises:
             UnknownDecisionError: no such decision.
-            ValueError: a negative token count or cost, or a quality outside [0, 1].
+            ValueError: a token count that is not a whole number ≥ 0, a cost or time that is negative or not finite,
+                or a quality outside [0, 1] (the message names the argument; nothing is written).
         """
-        if prompt_tokens < 0 or completion_tokens < 0 or (cost_usd is not None and cost_usd < 0):
-            raise ValueError("prompt_tokens/completion_tokens/cost_usd: must not be negative")
-        if quality is not None and not 0.0 <= quality <= 1.0:
-            raise ValueError(f"quality: must be in [0, 1], got {quality}")
+        outcome: dict[str, Any] = {
+            "prompt_tokens": token_count("prompt_tokens", prompt_tokens),
+            "completion_tokens": token_count("completion_tokens", completion_tokens),
+            "cost_usd": optional_amount("cost_usd", cost_usd),
+            "latency_s": optional_amount("latency_s", latency_s),
+            "error": None if error is None else str(error),
+            "quality": None if quality is None else score("quality", quality),
+            "ttft_s": optional_amount("ttft_s", ttft_s),
+        }
         logged = self.decisions.get(decision_id)
         if logged is None:
             raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
-        outcome = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost_usd,
-                   "latency_s": latency_s, "error": error, "quality": quality, "ttft_s": ttft_s}
-        if error is not None and prompt_tokens + completion_tokens == 0:
-            if self.decisions.close_decision(decision_id, "failed", outcome):
-                self.ledger.release(decision_id)
+        if logged.status != "open":
             return None
-        if not self.decisions.close_decision(decision_id, "failed" if error else "recorded", outcome):
+        tokens = outcome["prompt_tokens"] + outcome["completion_tokens"]
+        if error is not None and tokens == 0:
+            self.ledger.release(decision_id)
+            self.decisions.close_decision(decision_id, "failed", outcome)
             return None
-        deployment = self.config.deployment(logged.deployment)
-        usd = cost_usd if cost_usd is not None else self._price(deployment, prompt_tokens, completion_tokens)
+        usd = outcome["cost_usd"]
         if usd is None:
-            usd = logged.estimates.get(deployment.name, {}).get("usd", 0.0)
-        settlement = self.ledger.settle(decision_id, {"tokens": prompt_tokens + completion_tokens, "usd": usd},
-                                        self._clock())
-        if error is None and self.config.learn_online:
-            self.history.upsert([HistoryRecord(
-                id=decision_id, embedding=logged.embedding.tolist(), text=logged.text,
-                outcomes={logged.profile: ModelOutcome(
-                    quality=quality, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=usd,
-                )},
-            )])
+            usd = self._usd_of(logged.deployment, logged.estimates, outcome["prompt_tokens"],
+                               outcome["completion_tokens"])
+        actual = {"tokens": float(tokens), "usd": usd}
+        settlement = self.ledger.settle(decision_id, actual, self._clock())
+        if not self.decisions.close_decision(decision_id, "failed" if error else "recorded", outcome):
+            return None  # a concurrent record of the same decision closed it first (the ledger charged once)
+        if settlement is None:  # an earlier, interrupted record settled the ledger already
+            settlement = Settlement(logged.deployment, {}, actual, False)
+        if error is None and self.config.learn_online and logged.embedding.size:
+            self._learn(logged.id, logged.embedding, logged.text, logged.profile, outcome, usd)
         return settlement
+
+    def _usd_of(self, name: str, estimates: dict[str, dict[str, float]], prompt_tokens: int,
+                completion_tokens: int) -> float:
+        """USD of a call that reported no cost: its tokens at the deployment's price, else the decision's estimate."""
+        deployment = self._by_name.get(name)
+        price = self._prices[self._deployments.index(deployment)] if deployment is not None else None
+        if price is not None:
+            return price.cost(prompt_tokens, completion_tokens)
+        # The deployment was renamed or has no price: its estimate at decision time is the best figure there is.
+        return float(estimates.get(name, {}).get("usd", 0.0))
+
+    def _learn(self, decision_id: str, embedding: np.ndarray, text: str | None, profile: str,
+               outcome: dict[str, Any], usd: float) -> None:
+        record = HistoryRecord(id=decision_id, embedding=embedding.tolist(), text=text, outcomes={
+            profile: ModelOutcome(quality=outcome["quality"], prompt_tokens=outcome["prompt_tokens"],
+                                  completion_tokens=outcome["completion_tokens"], cost_usd=usd),
+        })
+        try:
+            self.history.upsert([record])
+        except Exception as exc:  # the spend is settled; a history outage must not turn that into an error
+            _log.warning("history write failed for decision %s (its outcome is not learned): %s", decision_id, exc)
 
     async def arecord(self, decision_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float | None = None,
                       latency_s: float | None = None, error: str | None = None,
@@ -637,13 +728,6 @@ class Router:
         return await asyncio.to_thread(
             self.record, decision_id, prompt_tokens, completion_tokens, cost_usd, latency_s, error, quality, ttft_s
         )
-
-    @staticmethod
-    def _price(deployment: DeploymentConfig, prompt_tokens: int, completion_tokens: int) -> float | None:
-        if deployment.input_usd_per_mtok is None and deployment.output_usd_per_mtok is None:
-            return None
-        return (prompt_tokens * (deployment.input_usd_per_mtok or 0.0)
-                + completion_tokens * (deployment.output_usd_per_mtok or 0.0)) / 1e6
 
     def feedback(self, decision_id: str, quality: float) -> None:
         """Attach a quality score (e.g. a thumbs-up as 1.0) to a recorded decision's history outcome.
@@ -656,8 +740,7 @@ class Router:
             UnknownDecisionError: no such decision.
             ValueError: quality outside [0, 1], or the decision has no recorded outcome yet.
         """
-        if not 0.0 <= quality <= 1.0:
-            raise ValueError(f"quality: must be in [0, 1], got {quality}")
+        quality = score("quality", quality)
         logged = self.decisions.get(decision_id)
         if logged is None:
             raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
@@ -698,3 +781,16 @@ class Router:
     async def astatus(self) -> RouterStatus:
         """Async :meth:`status`."""
         return await asyncio.to_thread(self.status)
+
+
+def _non_text_parts(query: Query) -> int:
+    """How many image, audio, file and other non-text content parts a chat query holds."""
+    if isinstance(query, str):
+        return 0
+    return sum(
+        1
+        for message in query
+        if isinstance(content := message.get("content"), list)
+        for part in content
+        if isinstance(part, dict) and part.get("type", "text") != "text"
+    )

@@ -54,8 +54,9 @@ def make_router(tmp_path: Path, embedder: HashingEmbedder) -> Callable[..., Rout
                 {"name": "small", "model": "small-model", "token_budget": 20_000},
             ],
         }
+        clock = overrides.pop("clock", None)
         config.update(overrides)
-        router = Router(RouterConfig.from_dict(config), embedder=embedder)
+        router = Router(RouterConfig.from_dict(config), embedder=embedder, **({"clock": clock} if clock else {}))
         if history and router.history.count() == 0:
             router.history.upsert(topic_history(embedder))
         return router

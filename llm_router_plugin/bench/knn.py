@@ -14,7 +14,7 @@ from llm_router_plugin.config import EstimatorConfig
 from llm_router_plugin.estimator import KnnEstimator, NeighbourSource
 from llm_router_plugin.history import FIELDS, HistoryRecord, ModelOutcome, Neighbours
 
-_QUALITY, _COST = FIELDS.index("quality"), FIELDS.index("cost_usd")
+_QUALITY, _PROMPT, _COMPLETION, _COST = (FIELDS.index(f) for f in FIELDS)
 #: Neighbour rows per store lookup: Chroma fetches them in one SQL statement, whose variables SQLite caps.
 NEIGHBOUR_ROWS = 20_000
 
@@ -27,15 +27,23 @@ class ExactHistory:
         quality: quality per row and model, shape ``(n, M)``.
         cost: cost per row and model, shape ``(n, M)``.
         models: the model profiles of the columns.
+        prompt_tokens: prompt tokens per row and model, shape ``(n, M)`` (``None``: unknown).
+        completion_tokens: completion tokens per row and model, shape ``(n, M)``, NaN where unknown.
     """
 
-    def __init__(self, embeddings: np.ndarray, quality: np.ndarray, cost: np.ndarray, models: Sequence[str]) -> None:
+    def __init__(self, embeddings: np.ndarray, quality: np.ndarray, cost: np.ndarray, models: Sequence[str],
+                 prompt_tokens: np.ndarray | None = None, completion_tokens: np.ndarray | None = None) -> None:
         if not (len(embeddings) == len(quality) == len(cost)) or quality.shape != cost.shape:
             raise ValueError("embeddings/quality/cost: need one row per history query and one column per model")
         self._embeddings = np.asarray(embeddings, dtype=np.float32)
         self._outcomes = np.full((*quality.shape, len(FIELDS)), np.nan)
         self._outcomes[:, :, _QUALITY] = quality
         self._outcomes[:, :, _COST] = cost
+        for field, values in ((_PROMPT, prompt_tokens), (_COMPLETION, completion_tokens)):
+            if values is not None:
+                if values.shape != quality.shape:
+                    raise ValueError("prompt_tokens/completion_tokens: need the shape of quality")
+                self._outcomes[:, :, field] = values
         self._models = list(models)
 
     def _columns(self, profiles: Sequence[str]) -> list[int]:
@@ -79,13 +87,19 @@ class ExactHistory:
         return [
             HistoryRecord(
                 id=record_id, embedding=vector,
-                outcomes={
-                    model: ModelOutcome(quality=float(row[i, _QUALITY]), cost_usd=float(row[i, _COST]))
-                    for i, model in enumerate(self._models)
-                },
+                outcomes={model: _outcome(row[i]) for i, model in enumerate(self._models)},
             )
             for record_id, vector, row in zip(ids, self._embeddings, self._outcomes, strict=True)
         ]
+
+
+def _outcome(fields: np.ndarray) -> ModelOutcome:
+    """A model's outcome from one row of the outcome array (NaN fields are missing)."""
+    known: dict[str, float | int] = {name: float(v) for name, v in zip(FIELDS, fields, strict=True) if not np.isnan(v)}
+    for name in ("prompt_tokens", "completion_tokens"):
+        if name in known:
+            known[name] = int(known[name])
+    return ModelOutcome(**known)  # type: ignore[arg-type]
 
 
 def plain_config(k: int) -> EstimatorConfig:

@@ -7,7 +7,6 @@ tokens (about four characters a token) and no completion tokens.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,24 +15,12 @@ import numpy as np
 
 from llm_router_plugin.dataset import DataFile, DataRow
 from llm_router_plugin.embedding import estimate_tokens
+from llm_router_plugin.pricing import Price, completion_tokens_from_cost
 
 #: The per-model budget splits of the protocol, by name.
 SPLITS = ("weighted", "uniform", "cost", "perf")
 #: Share of the rows that become history; the rest is the test stream.
 HISTORY_FRACTION = 0.7
-
-
-@dataclass(frozen=True)
-class Price:
-    """A model's price.
-
-    Attributes:
-        input_usd_per_mtok: USD per million prompt tokens.
-        output_usd_per_mtok: USD per million completion tokens.
-    """
-
-    input_usd_per_mtok: float
-    output_usd_per_mtok: float
 
 
 @dataclass(frozen=True)
@@ -48,6 +35,10 @@ class Problem:
         cost: true cost g in USD, shape ``(n, M)``.
         cost_note: where the costs come from, in one sentence (printed with the results).
         dropped: rows dropped for a missing score or cost (plus rows the reader rejected).
+        prompt_tokens: prompt tokens per row and model: the file's, else estimated from the text.
+        completion_tokens: completion tokens per row and model: the file's, else implied by the cost at the model's
+            price (NaN where neither is known).
+        prices: the models' prices, where known (what a deployment of that model would configure).
     """
 
     source: Path
@@ -57,6 +48,9 @@ class Problem:
     cost: np.ndarray
     cost_note: str
     dropped: int
+    prompt_tokens: np.ndarray
+    completion_tokens: np.ndarray
+    prices: Mapping[str, Price]
 
     @property
     def size(self) -> int:
@@ -79,40 +73,16 @@ class Split:
     test: np.ndarray
 
 
-def read_prices(path: str | Path) -> dict[str, Price]:
-    """Read per-model prices: ``{model: {"input_usd_per_mtok": x, "output_usd_per_mtok": y}, ...}``.
-
-    Args:
-        path: the JSON file (other keys per model are ignored).
-
-    Returns:
-        Model → price.
-
-    Raises:
-        ValueError: the file is not such a mapping or a price is missing or negative.
-    """
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"prices: {path} must map each model to its prices, got {type(data).__name__}")
-    prices = {}
-    for model, entry in data.items():
-        try:
-            price = Price(float(entry["input_usd_per_mtok"]), float(entry["output_usd_per_mtok"]))
-        except (TypeError, KeyError, ValueError):
-            raise ValueError(
-                f"prices: {model!r} needs numeric 'input_usd_per_mtok' and 'output_usd_per_mtok'"
-            ) from None
-        if price.input_usd_per_mtok < 0 or price.output_usd_per_mtok < 0:
-            raise ValueError(f"prices: {model!r} has a negative price")
-        prices[model] = price
-    return prices
-
-
-def _priced_cost(row: DataRow, model: str, price: Price) -> float:
+def _tokens(row: DataRow, model: str, price: Price | None) -> tuple[int, float]:
+    """(prompt, completion) tokens of a row's model: recorded, else estimated from the text and the cost."""
     outcome = row.outcomes.get(model)
     prompt = outcome.prompt_tokens if outcome and outcome.prompt_tokens is not None else estimate_tokens(row.prompt)
-    completion = outcome.completion_tokens if outcome and outcome.completion_tokens is not None else 0
-    return (prompt * price.input_usd_per_mtok + completion * price.output_usd_per_mtok) / 1e6
+    if outcome and outcome.completion_tokens is not None:
+        return prompt, outcome.completion_tokens
+    implied = None
+    if outcome and outcome.cost_usd is not None and price is not None:
+        implied = completion_tokens_from_cost(outcome.cost_usd, prompt, price)
+    return prompt, np.nan if implied is None else implied
 
 
 def _has_costs(data: DataFile) -> bool:
@@ -144,15 +114,18 @@ def build_problem(data: DataFile, prices: Mapping[str, Price] | None = None) -> 
         missing = [m for m in data.models if m not in prices]
         if missing:
             raise ValueError(f"prices: no price for models {missing}")
+    prices = dict(prices or {})
     quality = np.full((len(data.rows), len(data.models)), np.nan)
     cost = np.full_like(quality, np.nan)
+    prompt_tokens, completion_tokens = np.zeros_like(quality), np.full_like(quality, np.nan)
     for j, row in enumerate(data.rows):
         for i, model in enumerate(data.models):
             outcome = row.outcomes.get(model)
             if outcome is not None and outcome.quality is not None:
                 quality[j, i] = outcome.quality
-            if priced and prices is not None:
-                cost[j, i] = _priced_cost(row, model, prices[model])
+            prompt_tokens[j, i], completion_tokens[j, i] = _tokens(row, model, prices.get(model))
+            if priced:  # the file's completion tokens, else none
+                cost[j, i] = prices[model].cost(prompt_tokens[j, i], np.nan_to_num(completion_tokens[j, i]))
             elif outcome is not None and outcome.cost_usd is not None:
                 cost[j, i] = outcome.cost_usd
     complete = ~(np.isnan(quality).any(axis=1) | np.isnan(cost).any(axis=1))
@@ -171,6 +144,9 @@ def build_problem(data: DataFile, prices: Mapping[str, Price] | None = None) -> 
         cost=cost[complete],
         cost_note=note,
         dropped=int((~complete).sum()) + len(data.rejected),
+        prompt_tokens=prompt_tokens[complete],
+        completion_tokens=completion_tokens[complete],
+        prices=prices,
     )
 
 

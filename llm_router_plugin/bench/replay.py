@@ -9,7 +9,7 @@ decision the harness refuses to serve is recorded as failed, which releases its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from llm_router_plugin.bench.harness import NO_MODEL, Harness, RunResult
 from llm_router_plugin.config import DeploymentConfig, EstimatorConfig, RouterConfig
 from llm_router_plugin.errors import BudgetExhaustedError
 from llm_router_plugin.history import ChromaHistory
+from llm_router_plugin.pricing import Price
 from llm_router_plugin.router import Router
 
 #: Error recorded for a decision the harness refused (its true cost did not fit the budget).
@@ -97,7 +98,7 @@ class _Clock:
 
 
 def router_config(folder: Path, models: Sequence[str], budgets: np.ndarray, expected: int,
-                  settings: RouterSettings) -> RouterConfig:
+                  settings: RouterSettings, prices: Mapping[str, Price] | None = None) -> RouterConfig:
     """The router config of one run.
 
     Args:
@@ -106,14 +107,21 @@ def router_config(folder: Path, models: Sequence[str], budgets: np.ndarray, expe
         budgets: USD budget per model.
         expected: queries expected over the budgets' life (the test stream's length).
         settings: estimator and overrides.
+        prices: the models' list prices, configured on their deployments as an operator would (a model without
+            one is priced from history).
 
     Returns:
         The config.
     """
+    prices = prices or {}
     return RouterConfig.model_validate({
         "data_dir": folder,
         "deployments": [
-            DeploymentConfig(name=model, usd_budget=float(budget), window="total")
+            DeploymentConfig(
+                name=model, usd_budget=float(budget), window="total",
+                input_usd_per_mtok=prices[model].input_usd_per_mtok if model in prices else None,
+                output_usd_per_mtok=prices[model].output_usd_per_mtok if model in prices else None,
+            )
             for model, budget in zip(models, budgets, strict=True)
         ],
         "expected_queries": expected,
@@ -157,7 +165,7 @@ def replay(router: Router, prompts: Sequence[str], harness: Harness, quality: np
 
 def run_router(folder: Path, history: ChromaHistory, embedder: CachedEmbedder, models: Sequence[str],
                budgets: np.ndarray, prompts: Sequence[str], true_quality: np.ndarray, true_cost: np.ndarray,
-               settings: RouterSettings) -> RunResult:
+               settings: RouterSettings, prices: Mapping[str, Price] | None = None) -> RunResult:
     """Build a fresh router for one run and replay the test stream through it.
 
     Args:
@@ -170,12 +178,13 @@ def run_router(folder: Path, history: ChromaHistory, embedder: CachedEmbedder, m
         true_quality: its true quality, shape ``(n, M)``.
         true_cost: its true cost, shape ``(n, M)``.
         settings: how to configure the router.
+        prices: the models' prices (see :func:`router_config`).
 
     Returns:
         The run's result.
     """
     clock = _Clock()
-    config = router_config(folder, models, budgets, len(prompts), settings)
+    config = router_config(folder, models, budgets, len(prompts), settings, prices)
     router = Router(config, embedder=embedder, history=history, clock=clock)
     harness = Harness(true_quality, true_cost, budgets)
     return replay(router, prompts, harness, true_quality if settings.feedback else None, clock.tick)

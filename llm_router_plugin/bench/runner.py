@@ -166,7 +166,8 @@ class _SeedContext:
         self.split = split
         self.folder = folder
         h, t = split.history, split.test
-        self.exact = ExactHistory(vectors[h], problem.quality[h], problem.cost[h], problem.models)
+        self.exact = ExactHistory(vectors[h], problem.quality[h], problem.cost[h], problem.models,
+                                  problem.prompt_tokens[h], problem.completion_tokens[h])
         self.records = self.exact.records([f"h{seed_row}" for seed_row in h])
         self.approx_store = self.new_store("ann")
         plain = plain_config(k)
@@ -208,7 +209,8 @@ def _run(ctx: _SeedContext, options: BenchOptions, embedder: CachedEmbedder, spl
             store = ctx.new_store(folder.name)  # a router writes what it serves into its history: a fresh copy
             start = time.perf_counter()
             results[name] = run_router(folder, store, embedder, ctx.problem.models, limits, ctx.prompts, q, c,
-                                       _router_settings(options, feedback=name == "ours-feedback"))
+                                       _router_settings(options, feedback=name == "ours-feedback"),
+                                       ctx.problem.prices)
         seconds[name] = time.perf_counter() - start
     c_opt = offline_optimum(q, c, limits, q, c)
     c_hat = offline_optimum(ctx.exact_estimates.quality, ctx.exact_estimates.cost, limits, q, c)

@@ -11,12 +11,12 @@ from llm_router_plugin.bench.protocol import (
     build_problem,
     parse_list,
     parse_seeds,
-    read_prices,
     split_rows,
     split_weights,
     total_budget,
 )
 from llm_router_plugin.dataset import read_data
+from llm_router_plugin.pricing import read_prices
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:

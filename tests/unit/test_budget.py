@@ -36,11 +36,24 @@ def test_release_and_expiry(tmp_path: Path) -> None:
     ledger = SQLiteLedger(tmp_path / "l.db")
     hold(ledger, "a", 90, expires_at=10.0)
     assert not hold(ledger, "b", 20, now=5.0)
-    assert hold(ledger, "b", 20, now=11.0)  # the unrecorded hold timed out
-    late = ledger.settle("a", {"tokens": 30.0}, 12.0)  # a late record is still charged
+    # The unrecorded hold timed out: the call may have happened, so it is charged at its reserved amount.
+    assert not hold(ledger, "b", 20, now=11.0)
+    assert ledger.usage("d", 0, 11.0) == ({"tokens": 90.0, "usd": 0.0}, {"tokens": 0.0, "usd": 0.0})
+    late = ledger.settle("a", {"tokens": 30.0}, 12.0)  # a late record replaces that charge by the actual usage
     assert late is not None and late.was_expired
+    assert ledger.usage("d", 0, 12.0)[0]["tokens"] == 30
+    assert hold(ledger, "b", 20, now=12.0)
     assert ledger.release("b") and not ledger.release("b")
     assert ledger.usage("d", 0, 12.0)[0]["tokens"] == 30
+
+
+def test_a_failure_recorded_after_expiry_refunds_the_charge(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    hold(ledger, "a", 90, expires_at=10.0)
+    assert ledger.usage("d", 0, 11.0)[0]["tokens"] == 90
+    assert ledger.release("a")
+    assert ledger.usage("d", 0, 12.0)[0]["tokens"] == 0
+    assert ledger.settle("a", {"tokens": 5.0}, 13.0) is None  # released: nothing more to charge
 
 
 def test_windows_are_separate(tmp_path: Path) -> None:

@@ -57,7 +57,8 @@ def test_strict_import_refuses_bad_rows(config: Path, tmp_path: Path) -> None:
     assert "1 row(s) rejected" in result.output and "nothing imported" in result.output
 
 
-def test_route_empty_query_is_a_clear_error(config: Path) -> None:
+def test_route_empty_query_is_a_clear_error(config: Path, history: Path) -> None:
+    runner.invoke(app, ["import", str(history), "--config", str(config)])
     result = runner.invoke(app, ["route", "   ", "--config", str(config)])
     assert result.exit_code == 2
     assert "no text" in result.output
@@ -67,3 +68,17 @@ def test_missing_config_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", "--config", str(tmp_path / "nope.yaml")])
     assert result.exit_code != 0
     assert "no such config file" in result.output
+
+
+def test_route_rejects_negative_prompt_tokens_without_writing(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nembedding_model: hashing-64\nwarmup_queries: 3\n"
+                    "deployments:\n  - {name: a, model: m1, token_budget: 5000}\n")
+    for _ in range(4):
+        result = runner.invoke(app, ["route", "hello there", "--prompt-tokens", "-1000", "--config", str(path)])
+        assert result.exit_code == 2
+        assert "prompt_tokens" in result.output
+    ok = runner.invoke(app, ["route", "hello there", "--config", str(path)])
+    assert ok.exit_code == 0, ok.output
+    status = runner.invoke(app, ["status", "--json", "--config", str(path)])
+    assert json.loads(status.output)["decisions"] == 1

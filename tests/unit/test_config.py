@@ -70,3 +70,17 @@ def test_shipped_default_config_is_valid() -> None:
     cfg = RouterConfig.from_yaml(bundled_path("default_router.yaml"))
     assert len(cfg.deployments) == 11
     assert sum(d.fallback for d in cfg.deployments) == 1
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("usd_budget", float("inf")), ("usd_budget", float("nan")), ("input_usd_per_mtok", float("inf")),
+])
+def test_non_finite_deployment_numbers_are_rejected(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        RouterConfig.from_dict({"deployments": [{"name": "a", field: value}]})
+
+
+@pytest.mark.parametrize("field", ["reservation_timeout_s", "reserve_margin"])
+def test_non_finite_router_numbers_are_rejected(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        RouterConfig.from_dict({"deployments": [{"name": "a"}], field: float("inf")})

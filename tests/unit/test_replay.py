@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from llm_router_plugin.bench.protocol import Price
 from llm_router_plugin.dataset import read_data
+from llm_router_plugin.pricing import Price
 from llm_router_plugin.replay import ReplayBook, ReplayServer
 
 PROMPT = "Which gas do plants absorb? " * 10  # 280 characters: 70 estimated tokens

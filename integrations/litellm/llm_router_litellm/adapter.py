@@ -150,8 +150,7 @@ class LiteLLMAdapter:
         self.embedder = embedder or make_embedder(
             self.settings.embedding_model, self.settings.embedding_threads, self.settings.embedding_keep
         )
-        self.history = ChromaHistory(Path(self.settings.data_dir) / "chroma", collection=self.settings.collection,
-                                     host=self.settings.chroma_host, port=self.settings.chroma_port)
+        self.history = ChromaHistory.from_config(self.settings)
         self._model_list = model_list
         self._routers: dict[str, Router | None] = {}
         self._lock = threading.Lock()

@@ -1,0 +1,72 @@
+"""Checks of the numbers callers hand the router: each names the bad argument, and runs before anything is written.
+
+A router holds other people's budgets: one NaN or negative count stored in the ledger or the decision log would
+change what every later request gets. Every public entry point (Python API, CLI, integrations) validates through
+these functions first.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+def token_count(name: str, value: Any) -> int:
+    """A token count: a whole number ≥ 0 (an integral float such as ``12.0`` is accepted).
+
+    Args:
+        name: the argument's name, for the message.
+        value: the value to check.
+
+    Returns:
+        The count as an ``int``.
+
+    Raises:
+        ValueError: ``value`` is not a whole, finite, non-negative number (booleans and strings included).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: must be a whole number of tokens, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or number != int(number):
+        raise ValueError(f"{name}: must be a whole, non-negative number of tokens, got {value!r}")
+    return int(number)
+
+
+def optional_token_count(name: str, value: Any) -> int | None:
+    """:func:`token_count`, with ``None`` passed through."""
+    return None if value is None else token_count(name, value)
+
+
+def amount(name: str, value: Any) -> float:
+    """A finite, non-negative amount (USD, seconds).
+
+    Args:
+        name: the argument's name, for the message.
+        value: the value to check.
+
+    Returns:
+        The amount as a ``float``.
+
+    Raises:
+        ValueError: ``value`` is not a finite, non-negative number.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or value < 0:
+        raise ValueError(f"{name}: must be a finite, non-negative number, got {value!r}")
+    return float(value)
+
+
+def optional_amount(name: str, value: Any) -> float | None:
+    """:func:`amount`, with ``None`` passed through."""
+    return None if value is None else amount(name, value)
+
+
+def score(name: str, value: Any) -> float:
+    """A quality score in [0, 1].
+
+    Raises:
+        ValueError: ``value`` is not a number in [0, 1] (NaN included).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name}: must be a number in [0, 1], got {value!r}")
+    return float(value)
