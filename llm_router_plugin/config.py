@@ -46,8 +46,9 @@ class DeploymentConfig(BaseModel):
         token_budget: tokens (prompt + completion) the deployment may spend per window; ``None`` = unlimited.
         usd_budget: USD the deployment may spend per window; ``None`` = unlimited.
         window: ``"total"`` (never resets) or a duration such as ``"1h"``.
-        input_usd_per_mtok: price of a million prompt tokens, used when history lacks cost.
-        output_usd_per_mtok: price of a million completion tokens, used when history lacks cost.
+        input_usd_per_mtok: price of a million prompt tokens; without prices, a per-token rate fitted on history's
+            costs is used, and a ``usd_budget`` with neither is a start-up error.
+        output_usd_per_mtok: price of a million completion tokens.
         fallback: serve queries here when no deployment can afford them (budget is then not enforced).
     """
 
@@ -139,11 +140,13 @@ class RouterConfig(BaseModel):
         embedding_threads: torch CPU threads for embedding; ``None`` = torch's default.
         embedding_keep: which end of a prompt longer than the model's window is embedded: ``"tail"`` (the latest
             message and the question, after any shared system prompt or examples) or ``"head"``.
-        reservation_timeout_s: a reservation that is never recorded is released after this many seconds.
-        reserve_margin: reserve the high-side estimate (the costliest neighbour's usage) times (1 + margin), so
-            that a call costing more than its neighbours still fits the budget; the reservation is replaced by the
-            actual usage when recorded. On RouterBench, 0.2 let about 1 call in 1000 exceed its hold, 0.5 one in
-            5000, 1.0 none; 0.5 cost 0.5% of the benchmark quality.
+        reservation_timeout_s: a reservation whose outcome is never recorded (its process crashed mid-call) is
+            charged at its reserved amount after this many seconds: the call may have happened. A late record
+            replaces that charge by the actual usage; a late failure refunds it.
+        reserve_margin: what is estimated is held with this margin: the completion's high side (the most
+            completion tokens a neighbour used) and, when the caller did not count them, the prompt's tokens. A
+            counted prompt is held exactly and a request's ``max_tokens`` caps the completion part. The reservation
+            is replaced by the actual usage when recorded.
         store_prompts: keep query texts in history and the decision log (off: embeddings only).
         learn_online: add every recorded outcome to history, so estimates improve with traffic.
         estimator: neighbour and estimate settings.

@@ -12,8 +12,17 @@ Mapping:
   :class:`~llm_router_plugin.RouterConfig` fields except ``deployments``. Each routed group gets its own router, with
   its own ledger and dual weights under ``<data_dir>/litellm/<group>-<hash>/``; all groups share one history store and
   one embedder.
-- A decision travels with its request in ``metadata["llm_router"]``; the success and failure events read it back to
-  settle the reservation with the actual tokens and cost, or release it.
+- Prices: a deployment's ``llm_router`` block may set ``input_usd_per_mtok``/``output_usd_per_mtok``; else they
+  come from LiteLLM (``litellm_params``/``model_info`` ``input_cost_per_token`` and ``output_cost_per_token``, then
+  LiteLLM's price map for ``litellm_params.model``), else the router fits them on history.
+- Every request of a routed group is routed and budgeted, text or not (images, files, tool calls, empty turns);
+  an empty message list is refused with HTTP 400, never passed through.
+- The attempts of a request (LiteLLM retries and fallbacks) are kept server-side, keyed by a request token the
+  adapter draws and writes into ``metadata["llm_router"]``; the client never sees the token, and anything a client
+  writes under ``llm_router`` is ignored (the proxy callback also strips it on the way in). The success and failure
+  events look the attempts up by that token to settle the reservation with the actual tokens and cost, or release it.
+- A budget refusal is remembered with the request: LiteLLM's retries of it get the same refusal without counting as
+  new traffic.
 """
 
 from __future__ import annotations
@@ -23,7 +32,11 @@ import hashlib
 import logging
 import re
 import threading
+import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,7 +47,7 @@ from litellm.exceptions import RateLimitErrorCategory, RateLimitType
 
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.embedding import Embedder, make_embedder
-from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError
+from llm_router_plugin.errors import BudgetExhaustedError
 from llm_router_plugin.history import ChromaHistory
 from llm_router_plugin.router import Decision, Router
 
@@ -48,6 +61,8 @@ SUPERSEDED = "superseded: LiteLLM retried the request or sent it to a fallback"
 
 _log = logging.getLogger("llm_router_litellm")
 _PLACEHOLDER = "settings-check"
+#: Requests whose attempts are kept at most (the oldest are forgotten first; their holds then expire and are charged).
+MAX_TRACKED_REQUESTS = 100_000
 
 ModelList = Callable[[], Sequence[Mapping[str, Any]]]
 
@@ -79,11 +94,32 @@ def deployment_config(deployment: Mapping[str, Any]) -> DeploymentConfig:
         raise ValueError(f"model_info.{KEY}: must be a mapping for deployment {name!r}, got {type(block).__name__}")
     if "name" in block:
         raise ValueError(f"model_info.{KEY}.name: deployment {name!r} is named by model_info.id; remove 'name'")
-    fields = {**block, "name": name, "model": block.get("model") or _profile(deployment)}
+    fields = {**_litellm_prices(deployment), **block, "name": name, "model": block.get("model") or _profile(deployment)}
     try:
         return DeploymentConfig.model_validate(fields)
     except ValueError as exc:
         raise ValueError(f"model_info.{KEY}: invalid settings for deployment {name!r}: {exc}") from None
+
+
+def _litellm_prices(deployment: Mapping[str, Any]) -> dict[str, float]:
+    """USD per million tokens of a deployment as LiteLLM knows them (its overrides, then its price map); may be empty.
+
+    LiteLLM reports 0 for a model it has no price for, so a zero price counts as unknown.
+    """
+    params = deployment.get("litellm_params") or {}
+    info = deployment.get("model_info") or {}
+    per_token = {side: params.get(f"{side}_cost_per_token") or info.get(f"{side}_cost_per_token")
+                 for side in ("input", "output")}
+    if not all(per_token.values()):
+        known: Mapping[str, Any]
+        try:
+            known = litellm.get_model_info(model=str(params.get("model") or ""))
+        except Exception:  # LiteLLM raises for a model its price map does not have
+            known = {}
+        per_token = {side: per_token[side] or known.get(f"{side}_cost_per_token") for side in per_token}
+    if not any(isinstance(v, int | float) and v > 0 for v in per_token.values()):
+        return {}
+    return {f"{side}_usd_per_mtok": float(v or 0.0) * 1e6 for side, v in per_token.items()}
 
 
 def _profile(deployment: Mapping[str, Any]) -> str:
@@ -102,7 +138,7 @@ def decision_headers(request: Mapping[str, Any]) -> dict[str, str]:
         ``decision-id``, ``deployment``, ``phase`` and ``reason`` headers; the reason is percent-encoded UTF-8.
     """
     entry = _entry(request)
-    if not entry:
+    if not entry or "decision_id" not in entry:
         return {}
     return {
         f"{HEADER_PREFIX}decision-id": str(entry["decision_id"]),
@@ -120,6 +156,37 @@ def _entry(request: Mapping[str, Any]) -> dict[str, Any] | None:
         if isinstance(metadata, Mapping) and isinstance(metadata.get(KEY), dict):
             return metadata[KEY]
     return None
+
+
+def strip_client_metadata(data: dict[str, Any]) -> None:
+    """Remove anything a client wrote under ``llm_router`` in a request's metadata (it is the router's to write).
+
+    Args:
+        data: the request data, as the proxy's pre-call hook receives it.
+    """
+    for key in ("metadata", "litellm_metadata"):
+        metadata = data.get(key)
+        if isinstance(metadata, dict):
+            metadata.pop(KEY, None)
+            requester = metadata.get("requester_metadata")
+            if isinstance(requester, dict):
+                requester.pop(KEY, None)
+
+
+@dataclass
+class _Attempt:
+    group: str
+    decision_id: str
+    deployment: str
+
+
+@dataclass
+class _Tracked:
+    """What the adapter keeps of one request: its attempts, and the refusal its retries get."""
+
+    attempts: list[_Attempt] = field(default_factory=list)
+    refused: dict[str, Exception] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
 
 
 class LiteLLMAdapter:
@@ -154,6 +221,13 @@ class LiteLLMAdapter:
         self._model_list = model_list
         self._routers: dict[str, Router | None] = {}
         self._lock = threading.Lock()
+        self._requests: OrderedDict[str, _Tracked] = OrderedDict()
+        self._requests_lock = threading.Lock()
+
+    @property
+    def model_list(self) -> ModelList:
+        """The callable that returns LiteLLM's current ``model_list``."""
+        return self._model_list
 
     @classmethod
     def from_proxy_config(cls, path: str | Path, *, embedder: Embedder | None = None) -> LiteLLMAdapter:
@@ -193,6 +267,25 @@ class LiteLLMAdapter:
                 self._routers[model_group] = self._build(model_group)
             return self._routers[model_group]
 
+    def validate(self) -> list[str]:
+        """Build the router of every routed group now, so that a bad setting fails at start, not on a request.
+
+        Returns:
+            The routed model groups.
+
+        Raises:
+            ValueError: a routed deployment's settings are invalid, two deployments share a ``model_info.id``, or a
+                USD budget has no price source (the message names the deployment and the field).
+        """
+        deployments = list(self._model_list())
+        ids = [deployment_id(d) for d in deployments if deployment_id(d)]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"model_info.id: deployments share ids {duplicates}; each needs its own (budgets are "
+                             "kept per id)")
+        groups = list(dict.fromkeys(str(d.get("model_name")) for d in deployments))
+        return [group for group in groups if self.router(group) is not None]
+
     def _build(self, model_group: str) -> Router | None:
         members = [d for d in self._model_list() if d.get("model_name") == model_group]
         if not any(KEY in (d.get("model_info") or {}) for d in members):
@@ -222,12 +315,15 @@ class LiteLLMAdapter:
             request_kwargs: the request's keyword arguments; the decision goes into its metadata.
 
         Returns:
-            The chosen deployment, or ``None`` when the router does not route this request (unrouted group, no
-            messages or no text, no healthy deployment the router knows): LiteLLM then chooses as usual.
+            The chosen deployment, or ``None`` when the router does not route this request (unrouted group, a
+            non-chat call, no healthy deployment the router knows): LiteLLM then chooses as usual.
 
         Raises:
             litellm.RateLimitError: no healthy deployment can afford the request and none is a fallback (HTTP 429;
-                the message names every exhausted deployment and what it has left).
+                the message names every exhausted deployment and what it has left). Not retried by LiteLLM, and a
+                retry of the same request gets the same refusal without reaching the router again.
+            litellm.BadRequestError: the request cannot be budgeted: an empty message list, or a ``max_tokens``
+                that is not a positive whole number (HTTP 400).
         """
         router = self.router(model_group)
         if router is None or messages is None:
@@ -236,19 +332,40 @@ class LiteLLMAdapter:
         candidates = [d for d in healthy if deployment_id(d) in known]
         if not candidates:
             return None
+        token, tracked = self._track(request_kwargs)
+        refused = tracked.refused.get(model_group)
+        if refused is not None:
+            raise refused  # a retry of a refused request: the same answer, and not counted as new traffic
         try:
-            decision = router.route(messages, prompt_tokens=_count_tokens(candidates[0], messages),
-                                    deployments=[deployment_id(d) for d in candidates])
-        except EmptyQueryError:
-            return None
+            decision = router.route(
+                messages, prompt_tokens=_count_tokens(candidates[0], messages),
+                max_tokens=_max_tokens(request_kwargs), deployments=[deployment_id(d) for d in candidates],
+            )
         except BudgetExhaustedError as exc:
-            raise litellm.RateLimitError(
-                message=f"llm-router: model group {model_group!r}: {exc}", llm_provider="llm-router",
-                model=model_group, category=RateLimitErrorCategory.LITELLM_RATE_LIMIT,
-                rate_limit_type=RateLimitType.BUDGET,
-            ) from exc
-        _remember(request_kwargs, model_group, decision)
+            tracked.refused[model_group] = _budget_refusal(model_group, exc)
+            raise tracked.refused[model_group] from exc
+        except ValueError as exc:  # an empty message list, a max_tokens that is not a count: the client's error
+            raise litellm.BadRequestError(message=f"llm-router: model group {model_group!r}: {exc}",
+                                          model=model_group, llm_provider="llm-router") from exc
+        with self._requests_lock:
+            tracked.attempts.append(_Attempt(model_group, decision.id, decision.deployment))
+        _remember(request_kwargs, token, model_group, decision)
         return next(d for d in candidates if deployment_id(d) == decision.deployment)
+
+    def _track(self, request_kwargs: dict[str, Any]) -> tuple[str, _Tracked]:
+        """The request token and server-side state of a request (new unless an earlier attempt of it made them)."""
+        entry = _entry(request_kwargs)
+        token = entry.get("request") if entry else None
+        with self._requests_lock:
+            if isinstance(token, str) and token in self._requests:
+                return token, self._requests[token]
+            # A token the adapter did not draw (absent, or written by a client) starts a new request.
+            token = uuid.uuid4().hex
+            tracked = self._requests[token] = _Tracked()
+            while len(self._requests) > MAX_TRACKED_REQUESTS:
+                self._requests.popitem(last=False)
+        _metadata(request_kwargs)[KEY] = {"request": token}  # so that a retry of a refused request is known
+        return token, tracked
 
     async def achoose(
         self, model_group: str, healthy: Sequence[dict[str, Any]], messages: Sequence[Mapping[str, Any]] | None,
@@ -259,63 +376,91 @@ class LiteLLMAdapter:
 
     # ----------------------------------------------------------------------------------------------- outcomes
 
-    def settle(self, event: Mapping[str, Any], *, success: bool) -> None:
+    def settle(self, event: Mapping[str, Any], *, success: bool, final: bool = False) -> None:
         """Settle the decisions of a request from LiteLLM's success or failure event.
 
         On success, the attempt that answered is recorded with the actual tokens, cost and latency, and earlier
         attempts of the same request (LiteLLM retried or fell back) are released. On failure, the failed attempt's
-        reservation is released. Events of requests the router did not route are ignored.
+        reservation is released; a ``final`` failure (the proxy gave up on the request) releases every open attempt.
+        The attempts are the adapter's own record of the request, found by the token it wrote into the request's
+        metadata: an event of a request the router did not route, or with a token it did not draw, is ignored.
 
         Args:
-            event: the event's ``kwargs`` (``standard_logging_object`` and ``litellm_params``).
+            event: the event's ``kwargs`` (``standard_logging_object`` and ``litellm_params``), or the request data.
             success: whether the call succeeded.
+            final: the request as a whole failed (no attempt of it will answer any more).
         """
-        entry = _entry(event.get("litellm_params") or {})
-        if not entry:
+        entry = _entry(event.get("litellm_params") or {}) or _entry(event)
+        token = str((entry or {}).get("request"))
+        with self._requests_lock:
+            # A success or a final failure ends the request: forget it (its attempts are settled below).
+            tracked = self._requests.pop(token, None) if success or final else self._requests.get(token)
+        if tracked is None:
             return
         log = event.get("standard_logging_object") or {}
         served_by = str(log.get("model_id") or "")
-        attempts = [(a, router) for a in entry.get("attempts", [])
-                    if (router := self.router(a["group"])) is not None and _is_open(router, a["decision_id"])]
-        matching = [pair for pair in attempts if pair[0]["deployment"] == served_by]
+        attempts = [(a, router) for a in list(tracked.attempts)
+                    if (router := self.router(a.group)) is not None and _is_open(router, a.decision_id)]
+        matching = [pair for pair in attempts if pair[0].deployment == served_by]
         if not success:
+            error = str(log.get("error_str") or event.get("exception") or "call failed")[:500]
             # Attempts run one after another: the oldest open one on this deployment is the one that failed.
-            for attempt, router in matching[:1]:
-                error = str(log.get("error_str") or event.get("exception") or "call failed")[:500]
-                router.record(attempt["decision_id"], 0, 0, error=error)
+            for attempt, router in attempts if final else matching[:1]:
+                router.record(attempt.decision_id, 0, 0, error=error)
             return
         for attempt, router in attempts:
             if matching and attempt is matching[-1][0]:
-                router.record(attempt["decision_id"], **_usage(log))
+                router.record(attempt.decision_id, **_usage(log))
             else:
-                router.record(attempt["decision_id"], 0, 0, error=SUPERSEDED)
+                router.record(attempt.decision_id, 0, 0, error=SUPERSEDED)
 
-    async def asettle(self, event: Mapping[str, Any], *, success: bool) -> None:
+    async def asettle(self, event: Mapping[str, Any], *, success: bool, final: bool = False) -> None:
         """Async :meth:`settle` (runs in a worker thread)."""
-        await asyncio.to_thread(self.settle, event, success=success)
+        await asyncio.to_thread(self.settle, event, success=success, final=final)
 
 
 def _count_tokens(deployment: Mapping[str, Any], messages: Sequence[Mapping[str, Any]]) -> int | None:
     try:
-        return int(litellm.token_counter(model=str(deployment["litellm_params"]["model"]), messages=list(messages)))
+        # Images at LiteLLM's default count: a high-detail image URL would otherwise be fetched over the network.
+        return int(litellm.token_counter(model=str(deployment["litellm_params"]["model"]), messages=list(messages),
+                                         use_default_image_token_count=True))
     except Exception as exc:  # a count only feeds the estimate: never fail a request over it
         _log.warning("token counting failed (%s); the router estimates prompt tokens from the text", exc)
         return None
 
 
-def _remember(request_kwargs: dict[str, Any], model_group: str, decision: Decision) -> None:
+def _metadata(request_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The request's metadata dict (created if absent). Retries share it, fallbacks copy it: the token travels."""
     key = "litellm_metadata" if "litellm_metadata" in request_kwargs else "metadata"
     metadata = request_kwargs.get(key)
     if not isinstance(metadata, dict):
         metadata = request_kwargs[key] = {}
-    # An earlier attempt of this request (LiteLLM retried or fell back) left its decision here.
-    previous = metadata.get(KEY)
-    earlier = previous.get("attempts", []) if isinstance(previous, dict) else []
-    metadata[KEY] = {
-        "decision_id": decision.id, "group": model_group, "deployment": decision.deployment, "model": decision.model,
-        "phase": decision.phase, "reason": decision.reason, "prompt_tokens": decision.prompt_tokens,
-        "attempts": [*earlier, {"group": model_group, "decision_id": decision.id, "deployment": decision.deployment}],
+    return metadata
+
+
+def _remember(request_kwargs: dict[str, Any], token: str, model_group: str, decision: Decision) -> None:
+    _metadata(request_kwargs)[KEY] = {
+        "request": token, "decision_id": decision.id, "group": model_group, "deployment": decision.deployment,
+        "model": decision.model, "phase": decision.phase, "reason": decision.reason,
+        "prompt_tokens": decision.prompt_tokens,
     }
+
+
+def _max_tokens(request_kwargs: Mapping[str, Any]) -> Any:
+    """The request's completion limit (``max_completion_tokens`` or ``max_tokens``), unchecked: the router checks."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        if request_kwargs.get(key) is not None:
+            return request_kwargs[key]
+    return None
+
+
+def _budget_refusal(model_group: str, exc: BudgetExhaustedError) -> litellm.RateLimitError:
+    refusal = litellm.RateLimitError(
+        message=f"llm-router: model group {model_group!r}: {exc}", llm_provider="llm-router", model=model_group,
+        category=RateLimitErrorCategory.LITELLM_RATE_LIMIT, rate_limit_type=RateLimitType.BUDGET,
+    )
+    refusal.num_retries = 0  # LiteLLM reads this: retrying a budget refusal cannot succeed
+    return refusal
 
 
 def _is_open(router: Router, decision_id: str) -> bool:

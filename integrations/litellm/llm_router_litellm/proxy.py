@@ -9,18 +9,25 @@
 
 The proxy has no hook for a custom routing strategy; its deployment filter hook runs after LiteLLM's own health,
 cooldown and budget filters, and this callback narrows the healthy deployments of a routed group to the one the
-router picks. The same object records outcomes from the success and failure events and adds ``x-llm-router-*``
-headers to the response. The callback must be imported from this installed package (a copy of the module beside
-config.yaml would be a second, separate instance).
+router picks. The same object strips any ``llm_router`` metadata a client sends (pre-call hook), records outcomes
+from the success and failure events, releases every attempt of a request the proxy gave up on (post-call failure
+hook), and adds ``x-llm-router-*`` headers to the response. The callback must be imported from this installed
+package (a copy of the module beside config.yaml would be a second, separate instance).
+
+When the proxy imports this module it has already read its config file: the router settings and every routed
+deployment are validated then, so that a bad ``model_info.llm_router`` block, a negative budget, a duplicate
+``model_info.id`` or a USD budget without a price stops the proxy at start with the message, instead of failing
+every request of the group later.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import litellm
 
-from llm_router_litellm.adapter import KEY, LiteLLMAdapter, decision_headers
+from llm_router_litellm.adapter import KEY, LiteLLMAdapter, decision_headers, strip_client_metadata
 from llm_router_litellm.strategy import OutcomeLogger
 
 
@@ -39,6 +46,59 @@ class ProxyCallback(OutcomeLogger):
             raise RuntimeError("adapter: no LiteLLM proxy router is running; pass ProxyCallback(adapter=...)")
         return LiteLLMAdapter(lambda: proxy_server.llm_router.model_list if proxy_server.llm_router else [],
                               (litellm.callback_settings or {}).get(KEY))
+
+    def validate_proxy_config(self, path: str) -> None:
+        """Validate the router settings and routed deployments of a proxy config file, and keep that adapter.
+
+        Args:
+            path: the proxy's config.yaml.
+
+        Raises:
+            ValueError: a setting or a routed deployment is invalid (the message names it).
+        """
+        from litellm.proxy import proxy_server
+
+        adapter = LiteLLMAdapter.from_proxy_config(path)
+        adapter.validate()
+        listed = adapter.model_list
+        # Serve with the validated adapter, on the running proxy's model list once it has one.
+        self._adapter = LiteLLMAdapter(
+            lambda: proxy_server.llm_router.model_list if proxy_server.llm_router else listed(),
+            adapter.settings.model_dump(exclude={"deployments"}),
+            embedder=adapter.embedder,
+        )
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any]:
+        """Drop any ``llm_router`` metadata the client sent: decisions are the router's to write.
+
+        Args:
+            user_api_key_dict: the caller's key (unused).
+            cache: the proxy's cache (unused).
+            data: the request data, changed in place.
+            call_type: the kind of call (unused).
+
+        Returns:
+            ``data``, without client-written router metadata.
+        """
+        strip_client_metadata(data)
+        return data
+
+    async def async_post_call_failure_hook(
+        self, request_data: dict[str, Any], original_exception: Exception, user_api_key_dict: Any,
+        traceback_str: str | None = None,
+    ) -> None:
+        """Release every open attempt of a request the proxy gave up on (its failure event comes only once).
+
+        Args:
+            request_data: the request data (its metadata carries the router's request token).
+            original_exception: the final error.
+            user_api_key_dict: the caller's key (unused).
+            traceback_str: the traceback (unused).
+        """
+        if decision_headers(request_data):
+            await self.adapter.asettle({**request_data, "exception": original_exception}, success=False, final=True)
 
     async def async_filter_deployments(
         self,
@@ -92,5 +152,14 @@ class ProxyCallback(OutcomeLogger):
         return decision_headers(data) or None
 
 
+def _running_proxy_config() -> str | None:
+    """The config file of the LiteLLM proxy importing this module, if a proxy is (never imports the proxy itself)."""
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    path = getattr(proxy_server, "user_config_file_path", None)
+    return path if isinstance(path, str) and path else None
+
+
 #: The instance config.yaml names: ``callbacks: ["llm_router_litellm.proxy.router_callback"]``.
 router_callback = ProxyCallback()
+if (_config_path := _running_proxy_config()) is not None:
+    router_callback.validate_proxy_config(_config_path)

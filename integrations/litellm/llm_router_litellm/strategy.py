@@ -104,9 +104,11 @@ class RoutingStrategy(CustomRoutingStrategyBase):
             The installed strategy; :meth:`uninstall` restores LiteLLM's own selection.
 
         Raises:
-            ValueError: a setting is invalid.
+            ValueError: a setting or a routed deployment is invalid (the message names it).
         """
-        strategy = cls(router, LiteLLMAdapter(lambda: router.model_list, settings, embedder=embedder))
+        adapter = LiteLLMAdapter(lambda: router.model_list, settings, embedder=embedder)
+        adapter.validate()  # a bad deployment block fails here, not on the group's first request
+        strategy = cls(router, adapter)
         router.set_custom_routing_strategy(strategy)
         litellm.logging_callback_manager.add_litellm_callback(strategy.logger)
         return strategy

@@ -144,8 +144,7 @@ def hold(stack: Stack, response: httpx.Response) -> float:
     """What the router held of its deployment's USD budget for the request that got `response`."""
     logged = stack.chat.decisions.get(response.headers["x-llm-router-decision-id"])
     assert logged is not None
-    estimate = float(logged.estimates[response.headers["x-litellm-model-id"]]["usd"])
-    return estimate * (1 + stack.chat.config.reserve_margin)
+    return float(logged.estimates[response.headers["x-litellm-model-id"]]["usd_hold"])
 
 
 def holds(stack: Stack, answers: list[httpx.Response]) -> dict[str, float]:

@@ -118,21 +118,26 @@ async def test_a_failed_call_releases_its_reservation(make_strategy: MakeStrateg
     assert spent["tokens"] == 0 and reserved["tokens"] == 0
 
 
-async def test_a_retry_settles_the_failed_attempt_and_the_one_that_answered(make_strategy: MakeStrategy) -> None:
+async def test_a_retry_settles_the_failed_attempt_and_the_one_that_answered(
+    make_strategy: MakeStrategy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     deployments = model_list()
     deployments[0]["litellm_params"]["mock_response"] = "litellm.InternalServerError"
     # allowed_fails=0: the failed deployment cools down, so the retry is routed to the other one.
     strategy = make_strategy(deployments, num_retries=1, allowed_fails=0, retry_after=0)
+    core = strategy.adapter.router("chat")
+    assert core is not None
+    made: list[Any] = []
+    route = core.route
+    monkeypatch.setattr(core, "route", lambda *a, **k: made.append(route(*a, **k)) or made[-1])
     metadata: dict[str, Any] = {}
     response = await strategy.router.acompletion(model="chat", messages=messages(f"{MATH} variant 7"),
                                                  metadata=metadata)
-    first, second = metadata["llm_router"]["attempts"]
-    assert (first["deployment"], second["deployment"]) == ("big", "small")
+    first, second = made
+    assert (first.deployment, second.deployment) == ("big", "small")
     assert response._hidden_params["model_id"] == "small"
-    core = strategy.adapter.router("chat")
-    assert core is not None
-    assert await eventually(lambda: closed(core, first["decision_id"]) and closed(core, second["decision_id"]))
-    assert (closed(core, first["decision_id"]), closed(core, second["decision_id"])) == ("failed", "recorded")
+    assert await eventually(lambda: closed(core, first.id) and closed(core, second.id))
+    assert (closed(core, first.id), closed(core, second.id)) == ("failed", "recorded")
     assert spend(core, "big") == ({"tokens": 0.0, "usd": 0.0}, {"tokens": 0.0, "usd": 0.0})
     assert spend(core, "small")[0]["tokens"] == MOCK_PROMPT_TOKENS + MOCK_COMPLETION_TOKENS
 
