@@ -22,6 +22,7 @@ from llm_router_plugin import (
 )
 from llm_router_plugin.cli import app
 from llm_router_plugin.dataset import DataFile
+from llm_router_plugin.pricing import read_prices
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +57,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, split: tuple[DataFile, Da
 
 def config(folder: Path, budgets: dict[str, float]) -> RouterConfig:
     models = read_data(bundled_path()).models
+    prices = read_prices(bundled_path("routerbench_prices.json"))  # the list prices, as an operator configures them
     return RouterConfig.from_dict({
         "data_dir": str(folder), "warmup_queries": 25, "expected_queries": STREAM,
-        "deployments": [{"name": m, "usd_budget": budgets.get(m, 0.01)} for m in models],
+        "deployments": [{"name": m, "usd_budget": budgets.get(m, 0.01), "input_usd_per_mtok":
+                         prices[m].input_usd_per_mtok, "output_usd_per_mtok": prices[m].output_usd_per_mtok}
+                        for m in models],
     })
 
 
