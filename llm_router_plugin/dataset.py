@@ -3,7 +3,8 @@
 A file (gzip or plain CSV, or JSONL with the same keys) has the columns ``prompt``, ``eval_name``, ``split``,
 ``sample_id``, then per model ``M``: ``M`` (quality in [0, 1]) and optionally ``M|total_cost`` (USD),
 ``M|prompt_tokens``, ``M|completion_tokens`` and ``M|response`` (the model's answer text). An empty cell is a missing
-value; ``nan``, ``inf``, out-of-range scores and negative costs or counts are errors that reject their row.
+value, and so are the cells a CSV row lacks at its end; ``nan``, ``inf``, out-of-range scores, negative costs or
+counts, and a CSV row with more cells than the header are errors that reject their row.
 """
 
 from __future__ import annotations
@@ -108,9 +109,22 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     except json.JSONDecodeError as exc:
                         yield number, {"__error__": f"invalid JSON ({exc.msg})"}
         else:
-            reader = csv.DictReader(fh)
-            for number, row in enumerate(reader, start=2):
-                yield number, row
+            yield from _csv_records(fh)
+
+
+def _csv_records(fh: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    # csv.reader, not DictReader: DictReader files extra cells under the key None and numbers records, not lines
+    # (a quoted prompt may span several lines).
+    reader = csv.reader(fh)
+    header = next(reader, [])
+    start = reader.line_num + 1
+    for cells in reader:
+        extra = len(cells) - len(header)
+        if extra > 0:
+            yield start, {"__error__": f"{extra} cell(s) more than the header ({len(header)} columns)"}
+        elif cells:  # [] is a blank line
+            yield start, dict(zip(header, cells, strict=False))  # a short row's missing cells are missing values
+        start = reader.line_num + 1
 
 
 def _number(value: Any, column: str, low: float, high: float) -> float | None:

@@ -67,3 +67,12 @@ def test_missing_config_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", "--config", str(tmp_path / "nope.yaml")])
     assert result.exit_code != 0
     assert "no such config file" in result.output
+
+
+def test_import_rejects_a_row_with_extra_cells_and_imports_the_rest(config: Path, tmp_path: Path) -> None:
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("prompt,m1,m2\nfirst question,1,0\nsecond, question,1,0\nthird question,0,1\n")
+    result = runner.invoke(app, ["import", str(ragged), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "imported 2 new record(s)" in result.output
+    assert "line 3: 1 cell(s) more than the header" in result.output

@@ -81,3 +81,22 @@ def test_import_is_idempotent_and_skips_rejected_rows(tmp_path: Path) -> None:
 def test_shipped_sample_parses() -> None:
     data = read_data(bundled_path())
     assert len(data.rows) == 3164 and len(data.models) == 11 and not data.rejected
+
+
+def test_row_with_more_cells_than_the_header_is_rejected_alone(tmp_path: Path) -> None:
+    data = read_data(write(tmp_path, "a,t,s,1,1.0,0.1,0\nb,t,s,2,1.0,0.1,0,x,y,z\nc,t,s,3,0.5,0.1,1\n"))
+    assert [r.prompt for r in data.rows] == ["a", "c"]
+    assert data.rejected == {3: "3 cell(s) more than the header (7 columns)"}
+
+
+def test_row_with_fewer_cells_than_the_header_has_missing_values(tmp_path: Path) -> None:
+    data = read_data(write(tmp_path, "a,t,s,1,0.5\n"))
+    (row,) = data.rows
+    assert row.outcomes["m1"].quality == 0.5 and row.outcomes["m1"].cost_usd is None
+    assert "m2" not in row.outcomes
+
+
+def test_rejections_name_the_physical_line_after_multi_line_prompts(tmp_path: Path) -> None:
+    data = read_data(write(tmp_path, '"first\nsecond\nthird",t,s,1,1.0,0.1,0\nbad,t,s,2,nan,0.1,0\n'))
+    assert [r.prompt for r in data.rows] == ["first\nsecond\nthird"]
+    assert list(data.rejected) == [5]  # header, three lines of the first prompt, then the bad row
