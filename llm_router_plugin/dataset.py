@@ -105,9 +105,10 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             for number, line in enumerate(fh, start=1):
                 if line.strip():
                     try:
-                        yield number, json.loads(line)
+                        value = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        yield number, {"__error__": f"invalid JSON ({exc.msg})"}
+                        value = {"__error__": f"invalid JSON ({exc.msg})"}
+                    yield number, value if isinstance(value, dict) else {"__error__": "not a JSON object"}
         else:
             yield from _csv_records(fh)
 
@@ -191,7 +192,7 @@ def read_data(path: str | Path) -> DataFile:
     raw_rows = list(_records(path))
     keys: list[str] = []
     for _, raw in raw_rows:
-        keys.extend(k for k in raw if k not in keys)
+        keys.extend(k for k in raw if k not in keys and k != "__error__")
     if "prompt" not in keys:
         raise HistoryFormatError(f"{path}: no 'prompt' column (columns: {keys[:8]})")
     models = _models(keys)

@@ -100,3 +100,18 @@ def test_rejections_name_the_physical_line_after_multi_line_prompts(tmp_path: Pa
     data = read_data(write(tmp_path, '"first\nsecond\nthird",t,s,1,1.0,0.1,0\nbad,t,s,2,nan,0.1,0\n'))
     assert [r.prompt for r in data.rows] == ["first\nsecond\nthird"]
     assert list(data.rejected) == [5]  # header, three lines of the first prompt, then the bad row
+
+
+def test_jsonl_values_that_are_not_objects_reject_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_text('{"prompt": "x", "m1": 1}\n3\n[1, 2]\nnull\n', encoding="utf-8")
+    data = read_data(path)
+    assert [r.prompt for r in data.rows] == ["x"]
+    assert data.rejected == {2: "not a JSON object", 3: "not a JSON object", 4: "not a JSON object"}
+
+
+def test_file_of_invalid_lines_names_no_internal_columns(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_text("{oops\n", encoding="utf-8")
+    with pytest.raises(HistoryFormatError, match=r"no 'prompt' column \(columns: \[\]\)"):
+        read_data(path)
