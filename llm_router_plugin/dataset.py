@@ -16,6 +16,7 @@ import io
 import json
 import math
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -183,13 +184,18 @@ def read_data(path: str | Path) -> DataFile:
         The rows, the models, and why each rejected row was rejected.
 
     Raises:
-        HistoryFormatError: the file has no ``prompt`` column or no model columns.
+        HistoryFormatError: the file cannot be read (a folder, no permission, a damaged gzip stream) or has no
+            ``prompt`` column or no model columns.
         FileNotFoundError: the file does not exist.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"path: no such data file {path}")
-    raw_rows = list(_records(path))
+    try:
+        raw_rows = list(_records(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such data file: {path}") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        reason = getattr(exc, "strerror", None) or exc  # "Is a directory", not "[Errno 21] Is a directory: '<path>'"
+        raise HistoryFormatError(f"{path}: cannot read the data file ({reason})") from None
     keys: list[str] = []
     for _, raw in raw_rows:
         keys.extend(k for k in raw if k not in keys and k != "__error__")

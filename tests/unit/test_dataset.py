@@ -1,5 +1,6 @@
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,22 @@ def test_file_of_invalid_lines_names_no_internal_columns(tmp_path: Path) -> None
     path.write_text("{oops\n", encoding="utf-8")
     with pytest.raises(HistoryFormatError, match=r"no 'prompt' column \(columns: \[\]\)"):
         read_data(path)
+
+
+@pytest.mark.parametrize("kind", ["folder", "truncated gzip", "corrupt gzip"])
+def test_unreadable_data_file_names_it(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "h.csv.gz"
+    packed = gzip.compress((HEADER + "a,t,s,1,1.0,0.1,0\n" * 100).encode())
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "truncated gzip":
+        path.write_bytes(packed[:60])
+    else:
+        path.write_bytes(packed[:20] + bytes(b ^ 0xFF for b in packed[20:30]) + packed[30:])
+    with pytest.raises(HistoryFormatError, match=f"^{re.escape(str(path))}: cannot read the data file "):
+        read_data(path)
+
+
+def test_missing_data_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"^no such data file: {re.escape(str(tmp_path / 'h.csv'))}$"):
+        read_data(tmp_path / "h.csv")
