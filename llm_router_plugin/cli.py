@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from llm_router_plugin.config import RouterConfig
-from llm_router_plugin.dataset import bundled_path, import_history, read_data
+from llm_router_plugin.dataset import bundled_path, read_data
 from llm_router_plugin.embedding import Keep
 from llm_router_plugin.errors import RouterError
 from llm_router_plugin.router import Decision, Router, RouterStatus
@@ -63,8 +63,7 @@ def import_command(
             typer.echo("nothing imported (--strict)", err=True)
             raise typer.Exit(1)
     router = Router(cfg)
-    report = import_history(data, router.history, router.embedder, batch_size=batch_size,
-                            store_prompts=cfg.store_prompts, progress=True)
+    report = router.import_history(data, batch_size=batch_size, progress=True)
     typer.echo(f"imported {report.added} new record(s), {report.existing} already present, {report.rejected} "
                f"rejected; models: {', '.join(report.models)}; history now {router.history.count()} records")
     missing = [d.model for d in cfg.deployments if d.model not in report.models]

@@ -234,7 +234,7 @@ class ImportReport:
 
 def import_history(
     data: DataFile, store: ChromaHistory, embedder: Embedder, *, batch_size: int = 256,
-    store_prompts: bool = True, progress: bool = False,
+    store_prompts: bool = False, progress: bool = False,
 ) -> ImportReport:
     """Embed a data file's valid rows and write them to history, one batch per transaction.
 
@@ -246,7 +246,8 @@ def import_history(
         store: the history store.
         embedder: embeds the prompts.
         batch_size: rows per batch.
-        store_prompts: keep prompt texts in the store.
+        store_prompts: keep prompt texts in the store (off: embeddings only, as the config's default;
+            :meth:`Router.import_history <llm_router_plugin.Router.import_history>` follows the router's config).
         progress: show a progress bar.
 
     Returns:

@@ -135,3 +135,18 @@ def test_unreadable_data_file_names_it(tmp_path: Path, kind: str) -> None:
 def test_missing_data_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"^no such data file: {re.escape(str(tmp_path / 'h.csv'))}$"):
         read_data(tmp_path / "h.csv")
+
+
+def stored_texts(store: ChromaHistory) -> list[str | None]:
+    """The prompt texts the store keeps (``None`` where it keeps the embedding only)."""
+    return list(store._collection.get(include=["documents"])["documents"] or [])
+
+
+def test_import_keeps_prompt_texts_only_when_asked(tmp_path: Path) -> None:
+    data = read_data(write(tmp_path, "a b c,t,s,1,1.0,0.1,0\nd e f,t,s,2,0.0,0.2,1\n"))
+    private = ChromaHistory(tmp_path / "private")
+    import_history(data, private, HashingEmbedder(16))
+    assert stored_texts(private) == [None, None]
+    kept = ChromaHistory(tmp_path / "kept")
+    import_history(data, kept, HashingEmbedder(16), store_prompts=True)
+    assert sorted(t or "" for t in stored_texts(kept)) == ["a b c", "d e f"]
