@@ -1,7 +1,12 @@
-"""File helpers: read the files a user names with errors that name the file."""
+"""File helpers: read the files a user names with errors that name the file; create the router's own files private.
+
+The router's folders hold prompts' embeddings (and texts, if stored), decisions and spend: what it creates is
+readable by its owner only. Folders and files that already exist are left as they are (they are the user's).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +46,37 @@ def read_yaml(path: Path, what: str) -> Any:
         raise ValueError(f"{path}{where}: invalid YAML ({problem})") from None
     except yaml.YAMLError as exc:  # e.g. a control character: no line, only a position
         raise ValueError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
+
+
+def private_dir(path: Path) -> None:
+    """Create a folder and its missing parents with mode 0700; folders that exist keep their mode.
+
+    Args:
+        path: the folder.
+    """
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # another process made it meanwhile
+            continue
+        os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
+
+
+def private_file(path: Path) -> None:
+    """Create an empty file with mode 0600 unless it exists (an existing file keeps its mode and content).
+
+    Args:
+        path: the file; its folder must exist.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # the mode os.open applies is masked by the umask
+    finally:
+        os.close(fd)

@@ -1,4 +1,6 @@
 import asyncio
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -211,3 +213,21 @@ def test_import_history_follows_the_config_on_prompt_texts(
     assert sorted(t or "" for t in texts) == (["solve the equation", "tell me a story"] if store_prompts else ["", ""])
     again = router.import_history(read_data(str(path)))  # a parsed file works as well as a path
     assert (again.added, again.existing) == (0, 2)
+
+
+def test_a_new_router_folder_is_readable_by_its_owner_only(make_router: RouterFactory, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    data_dir = shared / "apps" / "router"
+    router = make_router(data_dir=data_dir)
+    decision = router.route(topic_prompt("math", 1))
+    router.record(decision.id, prompt_tokens=10, completion_tokens=20)
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    assert mode(shared) == 0o755  # not the router's to tighten
+    assert {mode(folder) for folder in (shared / "apps", data_dir, data_dir / "chroma")} == {0o700}
+    ledger = [data_dir / name for name in ("ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm")]
+    assert {mode(path) for path in ledger} == {0o600}  # the ledger and decision log, with SQLite's WAL files
