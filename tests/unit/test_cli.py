@@ -117,3 +117,14 @@ def test_import_rejects_a_row_with_extra_cells_and_imports_the_rest(config: Path
     assert result.exit_code == 0, result.output
     assert "imported 2 new record(s)" in result.output
     assert "line 3: 1 cell(s) more than the header" in result.output
+
+
+def test_a_truncated_ledger_stops_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "data" / "ledger.sqlite3"
+    ledger.parent.mkdir()
+    ledger.write_bytes(b"")
+    code, err = run_main(monkeypatch, capsys, "status", "--config", str(config))
+    assert code == 2
+    assert err.startswith(f"error: {ledger}: not a budget ledger ") and err.count("\n") == 1

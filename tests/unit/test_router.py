@@ -1,12 +1,20 @@
 import asyncio
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from llm_router_plugin import BudgetExhaustedError, EmptyQueryError, Router, UnknownDecisionError, read_data
+from llm_router_plugin import (
+    BudgetExhaustedError,
+    EmptyQueryError,
+    LedgerCorruptError,
+    Router,
+    UnknownDecisionError,
+    read_data,
+)
 from tests.conftest import topic_prompt
 
 RouterFactory = Callable[..., Router]
@@ -231,3 +239,12 @@ def test_a_new_router_folder_is_readable_by_its_owner_only(make_router: RouterFa
     assert {mode(folder) for folder in (shared / "apps", data_dir, data_dir / "chroma")} == {0o700}
     ledger = [data_dir / name for name in ("ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm")]
     assert {mode(path) for path in ledger} == {0o600}  # the ledger and decision log, with SQLite's WAL files
+
+
+def test_a_router_refuses_a_truncated_ledger(make_router: RouterFactory, tmp_path: Path) -> None:
+    data_dir = tmp_path / "router"
+    data_dir.mkdir()
+    ledger = data_dir / "ledger.sqlite3"
+    ledger.write_bytes(b"")
+    with pytest.raises(LedgerCorruptError, match=f"^{re.escape(str(ledger))}: not a budget ledger "):
+        make_router(data_dir=data_dir)
