@@ -33,7 +33,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_llm_router import RoutingChatModel, route_info
 from langchain_llm_router.testing import WordCountChatModel
 
-from llm_router_plugin import BudgetExhaustedError, Router, bundled_path, import_history, read_data
+from llm_router_plugin import BudgetExhaustedError, Router, bundled_path
 
 # Deployment name → RouterBench model profile, daily USD budget and list prices (USD per million tokens).
 DEPLOYMENTS = [
@@ -74,7 +74,7 @@ def build_router(data_dir: Path) -> Router:
     })
     if router.history.count() == 0:
         print("importing the RouterBench sample into the router's history ...", flush=True)
-        import_history(read_data(bundled_path()), router.history, router.embedder)
+        router.import_history(bundled_path())  # prompt texts are kept only if the config's store_prompts says so
     return router
 
 

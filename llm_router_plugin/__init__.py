@@ -20,6 +20,7 @@ from llm_router_plugin.errors import (
     BudgetExhaustedError,
     EmptyQueryError,
     HistoryFormatError,
+    LedgerCorruptError,
     RouterError,
     UnknownDecisionError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "HistoryRecord",
     "ImportReport",
     "KnnEstimator",
+    "LedgerCorruptError",
     "ModelOutcome",
     "Reservation",
     "Router",

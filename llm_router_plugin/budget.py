@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from llm_router_plugin._files import private_dir, private_file
+from llm_router_plugin.errors import LedgerCorruptError
 
 UNITS = ("tokens", "usd")
 
@@ -120,21 +125,69 @@ CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at) WHERE status = 'he
 """
 
 
+def _open(path: Path) -> sqlite3.Connection:
+    """Connect to the ledger file, creating it if it is missing; a file that is there must be a ledger.
+
+    Raises:
+        LedgerCorruptError: the file is empty, is not a SQLite database, or holds tables but not the ledger's.
+    """
+    if not path.exists():
+        _create(path)
+    elif path.stat().st_size == 0:
+        raise LedgerCorruptError(_corrupt(path, "the file is empty"))
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the check and the hold are one transaction
+    # even against other processes using the same file.
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError:  # locked, unreadable: not a verdict on the file's content
+        db.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise LedgerCorruptError(_corrupt(path, str(exc))) from None
+    if tables and "meta" not in tables:
+        db.close()
+        raise LedgerCorruptError(_corrupt(path, f"a database with no 'meta' table but {sorted(tables)[:5]}"))
+    return db
+
+
+def _create(path: Path) -> None:
+    # Build the new ledger under a temporary name, then link it into place: a process opening the ledger at the same
+    # moment finds no file or a whole ledger, never the empty file SQLite starts a database with (which reads as a
+    # truncated ledger).
+    draft = path.with_name(f"{path.name}.{uuid.uuid4().hex}.new")
+    private_file(draft)  # SQLite gives its -wal and -shm files the mode of the database file
+    try:
+        with closing(sqlite3.connect(str(draft))) as db, db:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT INTO meta VALUES ('anchor', ?)", (json.dumps(time.time()),))
+        with suppress(FileExistsError):  # another process linked its ledger first: use that one
+            os.link(draft, path)
+    finally:
+        draft.unlink()
+
+
+def _corrupt(path: Path, why: str) -> str:
+    return f"{path}: not a budget ledger ({why}); restore it from a backup, or move it away to start an empty ledger"
+
+
 class SQLiteLedger:
     """The default ledger: one SQLite file (WAL mode), every check-and-hold in one ``BEGIN IMMEDIATE`` transaction.
 
     Args:
-        path: the database file (created with its folder).
+        path: the database file (created with its folder if missing: only a missing file starts an empty ledger).
+
+    Raises:
+        LedgerCorruptError: the file exists but is not a ledger (empty, not SQLite, or another program's database).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         self._lock = threading.Lock()
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the check and the hold are one transaction
-        # even against other processes using the same file.
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = _open(self.path)
         self._db.executescript(_SCHEMA)
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('anchor', ?)", (json.dumps(time.time()),))

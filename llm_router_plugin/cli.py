@@ -29,15 +29,24 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def load_config(path: Path | None) -> RouterConfig:
-    """Resolve and load the router config (see the module docstring for the lookup order)."""
-    candidates = [path, Path(os.environ["LLM_ROUTER_CONFIG"]) if os.environ.get("LLM_ROUTER_CONFIG") else None,
-                  Path("router.yaml")]
-    for candidate in candidates:
-        if candidate is not None and (candidate == path or candidate.exists()):
-            if not candidate.exists():
-                raise typer.BadParameter(f"no such config file: {candidate}", param_hint="--config")
-            return RouterConfig.from_yaml(candidate)
-    return RouterConfig.from_yaml(bundled_path("default_router.yaml"))
+    """Resolve and load the router config (see the module docstring for the lookup order).
+
+    Args:
+        path: the ``--config`` option.
+
+    Returns:
+        The config.
+
+    Raises:
+        FileNotFoundError: ``--config`` or ``$LLM_ROUTER_CONFIG`` names no file (a typo must not silently route with
+            the shipped default config).
+        ValueError: the file is not a valid config (the message names the file and the line or field).
+    """
+    if path is None and os.environ.get("LLM_ROUTER_CONFIG"):
+        path = Path(os.environ["LLM_ROUTER_CONFIG"])
+    if path is None:
+        path = Path("router.yaml") if Path("router.yaml").exists() else bundled_path("default_router.yaml")
+    return RouterConfig.from_yaml(path)
 
 
 @app.command("import")
@@ -209,7 +218,7 @@ def main() -> None:
     """Entry point of the ``llm-router`` script."""
     try:
         app()
-    except ValueError as exc:  # config errors: say which field, no traceback
+    except (ValueError, FileNotFoundError) as exc:  # bad input or config: say which file or field, no traceback
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
 

@@ -10,8 +10,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llm_router_plugin._files import read_yaml
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -201,10 +202,16 @@ class RouterConfig(BaseModel):
             The validated config.
 
         Raises:
-            ValueError: the file is not a mapping or a field is invalid (the message names the field).
+            FileNotFoundError: the file does not exist.
+            ValueError: the file cannot be read, is not valid YAML (the message names the line), is not a mapping,
+                or a field is invalid (the message names the field); every message names the file.
         """
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        return cls.from_dict(data)
+        path = Path(path)
+        data = read_yaml(path, "config")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: Any) -> RouterConfig:

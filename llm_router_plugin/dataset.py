@@ -3,7 +3,8 @@
 A file (gzip or plain CSV, or JSONL with the same keys) has the columns ``prompt``, ``eval_name``, ``split``,
 ``sample_id``, then per model ``M``: ``M`` (quality in [0, 1]) and optionally ``M|total_cost`` (USD),
 ``M|prompt_tokens``, ``M|completion_tokens`` and ``M|response`` (the model's answer text). An empty cell is a missing
-value; ``nan``, ``inf``, out-of-range scores and negative costs or counts are errors that reject their row.
+value, and so are the cells a CSV row lacks at its end; ``nan``, ``inf``, out-of-range scores, negative costs or
+counts, and a CSV row with more cells than the header are errors that reject their row.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import io
 import json
 import math
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -104,13 +106,27 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             for number, line in enumerate(fh, start=1):
                 if line.strip():
                     try:
-                        yield number, json.loads(line)
+                        value = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        yield number, {"__error__": f"invalid JSON ({exc.msg})"}
+                        value = {"__error__": f"invalid JSON ({exc.msg})"}
+                    yield number, value if isinstance(value, dict) else {"__error__": "not a JSON object"}
         else:
-            reader = csv.DictReader(fh)
-            for number, row in enumerate(reader, start=2):
-                yield number, row
+            yield from _csv_records(fh)
+
+
+def _csv_records(fh: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    # csv.reader, not DictReader: DictReader files extra cells under the key None and numbers records, not lines
+    # (a quoted prompt may span several lines).
+    reader = csv.reader(fh)
+    header = next(reader, [])
+    start = reader.line_num + 1
+    for cells in reader:
+        extra = len(cells) - len(header)
+        if extra > 0:
+            yield start, {"__error__": f"{extra} cell(s) more than the header ({len(header)} columns)"}
+        elif cells:  # [] is a blank line
+            yield start, dict(zip(header, cells, strict=False))  # a short row's missing cells are missing values
+        start = reader.line_num + 1
 
 
 def _number(value: Any, column: str, low: float, high: float) -> float | None:
@@ -168,16 +184,21 @@ def read_data(path: str | Path) -> DataFile:
         The rows, the models, and why each rejected row was rejected.
 
     Raises:
-        HistoryFormatError: the file has no ``prompt`` column or no model columns.
+        HistoryFormatError: the file cannot be read (a folder, no permission, a damaged gzip stream) or has no
+            ``prompt`` column or no model columns.
         FileNotFoundError: the file does not exist.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"path: no such data file {path}")
-    raw_rows = list(_records(path))
+    try:
+        raw_rows = list(_records(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such data file: {path}") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        reason = getattr(exc, "strerror", None) or exc  # "Is a directory", not "[Errno 21] Is a directory: '<path>'"
+        raise HistoryFormatError(f"{path}: cannot read the data file ({reason})") from None
     keys: list[str] = []
     for _, raw in raw_rows:
-        keys.extend(k for k in raw if k not in keys)
+        keys.extend(k for k in raw if k not in keys and k != "__error__")
     if "prompt" not in keys:
         raise HistoryFormatError(f"{path}: no 'prompt' column (columns: {keys[:8]})")
     models = _models(keys)
@@ -225,7 +246,7 @@ def _with_prompt_tokens(row: DataRow) -> dict[str, ModelOutcome]:
 
 def import_history(
     data: DataFile, store: ChromaHistory, embedder: Embedder, *, batch_size: int = 256,
-    store_prompts: bool = True, progress: bool = False,
+    store_prompts: bool = False, progress: bool = False,
 ) -> ImportReport:
     """Embed a data file's valid rows and write them to history, one batch per transaction.
 
@@ -237,7 +258,8 @@ def import_history(
         store: the history store.
         embedder: embeds the prompts.
         batch_size: rows per batch.
-        store_prompts: keep prompt texts in the store.
+        store_prompts: keep prompt texts in the store (off: embeddings only, as the config's default;
+            :meth:`Router.import_history <llm_router_plugin.Router.import_history>` follows the router's config).
         progress: show a progress bar.
 
     Returns:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from llm_router_plugin._files import private_dir, private_file
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
     id TEXT PRIMARY KEY, created_at REAL NOT NULL, deployment TEXT NOT NULL, profile TEXT NOT NULL,
@@ -67,7 +69,8 @@ class DecisionLog:
     """
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(path).parent)
+        private_file(Path(path))  # SQLite gives its -wal and -shm files the mode of the database file
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")

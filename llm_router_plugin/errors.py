@@ -25,6 +25,14 @@ class HistoryFormatError(RouterError, ValueError):
     """A history file could not be imported; the message counts and names the offending rows or columns."""
 
 
+class LedgerCorruptError(RouterError, ValueError):
+    """The ledger file exists but is not a budget ledger (empty, not SQLite, or another program's database).
+
+    The router stops rather than start an empty ledger over it: the spend recorded there would be lost and budgets
+    overspent. The message names the file; it is left untouched for recovery.
+    """
+
+
 class BudgetExhaustedError(RouterError):
     """No deployment will serve the query and no fallback deployment is configured.
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llm_router_plugin._files import private_dir
 from llm_router_plugin.config import RouterConfig
 
 #: Outcome fields, in the order of the last axis of :attr:`Neighbours.outcomes`.
@@ -153,7 +154,7 @@ class ChromaHistory:
             if host:
                 client = chromadb.HttpClient(host=host, port=port, settings=settings)
             elif path is not None:
-                Path(path).mkdir(parents=True, exist_ok=True)
+                private_dir(Path(path))
                 client = chromadb.PersistentClient(path=str(path), settings=settings)
             else:
                 raise ValueError("path: give a folder for the embedded store, or a Chroma server host")

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from llm_router_plugin.budget import UNITS, BudgetLedger, Reservation, Settlement, SQLiteLedger, window_index
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
+from llm_router_plugin.dataset import DataFile, ImportReport, import_history, read_data
 from llm_router_plugin.decisions import DecisionLog
 from llm_router_plugin.duals import (
     Budgets,
@@ -782,6 +783,27 @@ class Router:
         """Async :meth:`status`."""
         return await asyncio.to_thread(self.status)
 
+    def import_history(
+        self, data: DataFile | str | Path, *, batch_size: int = 256, progress: bool = False
+    ) -> ImportReport:
+        """Embed a data file's valid rows into this router's history, keeping prompt texts only if the config does.
+
+        Args:
+            data: a parsed file, or the path of one (see :func:`~llm_router_plugin.read_data`).
+            batch_size: rows embedded and written per transaction.
+            progress: show a progress bar.
+
+        Returns:
+            Counts of added, existing and rejected rows.
+
+        Raises:
+            FileNotFoundError: ``data`` names no file.
+            HistoryFormatError: the file cannot be read or lacks the ``prompt`` or model columns.
+            ValueError: ``batch_size`` is below 1.
+        """
+        parsed = data if isinstance(data, DataFile) else read_data(data)
+        return import_history(parsed, self.history, self.embedder, batch_size=batch_size,
+                              store_prompts=self.config.store_prompts, progress=progress)
 
 def _non_text_parts(query: Query) -> int:
     """How many image, audio, file and other non-text content parts a chat query holds."""

@@ -61,7 +61,8 @@ def routerbench(queries: int, seed: int = 0) -> tuple[DataFile, list[DataRow]]:
 def prepare(adapter: LiteLLMAdapter, history: DataFile) -> None:
     """Import the history (skipped when already there) and start every routed group's budgets afresh."""
     shutil.rmtree(Path(adapter.settings.data_dir) / "litellm", ignore_errors=True)
-    report = import_history(history, adapter.history, adapter.embedder, progress=True)
+    report = import_history(history, adapter.history, adapter.embedder, store_prompts=adapter.settings.store_prompts,
+                            progress=True)
     print(f"history: {report.added} rows added, {report.existing} already there")
 
 

@@ -17,7 +17,6 @@ from llm_router_plugin import (
     RouterConfig,
     SentenceTransformerEmbedder,
     bundled_path,
-    import_history,
     read_data,
 )
 from llm_router_plugin.cli import app
@@ -50,7 +49,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, split: tuple[DataFile, Da
              embedder: SentenceTransformerEmbedder) -> Path:
     folder = tmp_path_factory.mktemp("router")
     router = Router(config(folder, {}), embedder=embedder)
-    report = import_history(split[0], router.history, embedder)
+    report = router.import_history(split[0])
     assert report.added == len(split[0].rows)
     return folder
 

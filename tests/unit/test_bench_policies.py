@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.optimize import linprog
 
 from llm_router_plugin.bench.harness import NO_MODEL
 from llm_router_plugin.bench.policies import (
@@ -80,19 +81,51 @@ def test_port_reference_reports_the_best_alpha_of_its_grid() -> None:
         port_reference(estimated, budgets, estimated.quality, estimated.cost, 1, ())
 
 
+def _port_objective(
+    gamma: np.ndarray, estimated: Estimated, budgets: np.ndarray, alpha: float, epsilon: float
+) -> float:
+    """F(γ) = ε γ·B + Σ_j max_i (α d̂_ij − γ_i ĝ_ij), the function port_gamma minimises."""
+    return float(epsilon * gamma @ budgets + np.max(alpha * estimated.quality - estimated.cost * gamma, axis=1).sum())
+
+
+def _port_minimum(estimated: Estimated, budgets: np.ndarray, alpha: float, epsilon: float) -> float:
+    """min F over [0, 1]^M, exactly: the LP min ε γ·B + Σ_j t_j subject to t_j ≥ α d̂_ij − γ_i ĝ_ij."""
+    n, models = estimated.quality.shape
+    rows, right = [], []
+    for j in range(n):
+        for i in range(models):
+            row = np.zeros(models + n)
+            row[i], row[models + j] = -estimated.cost[j, i], -1.0
+            rows.append(row)
+            right.append(-alpha * estimated.quality[j, i])
+    result = linprog(np.concatenate([epsilon * budgets, np.ones(n)]), A_ub=np.array(rows), b_ub=np.array(right),
+                     bounds=[(0.0, 1.0)] * models + [(None, None)] * n, method="highs")
+    assert result.status == 0
+    return float(result.fun)
+
+
 def test_port_gamma_survives_scipy_refusing_its_own_finite_differences(monkeypatch: pytest.MonkeyPatch) -> None:
     import llm_router_plugin.bench.policies as policies
 
     real = policies.minimize
     estimated = stream(40)
     budgets = np.array([0.5, 100.0])
-    expected = port_gamma(estimated.quality, estimated.cost, budgets, alpha=1.0, epsilon=0.025)
+    jacobians: list[object] = []
 
     def picky(*args: object, **kwargs: object) -> object:
+        jacobians.append(kwargs.get("jac"))
         if kwargs.get("jac") is None:
             raise ValueError("`x0` violates bound constraints.")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(policies, "minimize", picky)
     gamma = port_gamma(estimated.quality, estimated.cost, budgets, alpha=1.0, epsilon=0.025)
-    assert gamma == pytest.approx(expected, abs=1e-3)
+    assert len(jacobians) == 2 and jacobians[0] is None and callable(jacobians[1])  # the fallback ran
+    assert gamma.shape == (2,) and np.all(np.isfinite(gamma)) and np.all((gamma >= 0) & (gamma <= 1))
+    # L-BFGS-B on this piecewise-linear F stops at a kink whose place depends on the scipy build and the machine
+    # (γ ≈ [0.49, 0.90] here; the exact minimum is at [0.5, 1.0]), so compare objective values, not coordinates:
+    # the fallback must close most of the gap between its start (1/M) and the exact minimum.
+    value = _port_objective(gamma, estimated, budgets, 1.0, 0.025)
+    start = _port_objective(np.full(2, 0.5), estimated, budgets, 1.0, 0.025)
+    best = _port_minimum(estimated, budgets, 1.0, 0.025)
+    assert best - 1e-9 <= value <= best + 0.5 * (start - best)

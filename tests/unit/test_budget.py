@@ -1,8 +1,12 @@
+import re
+import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from llm_router_plugin import LedgerCorruptError
 from llm_router_plugin.budget import Reservation, SQLiteLedger, window_index
 
 
@@ -98,3 +102,52 @@ def test_invalid_amounts(tmp_path: Path) -> None:
     ledger = SQLiteLedger(tmp_path / "l.db")
     with pytest.raises(ValueError, match="amounts"):
         hold(ledger, "a", -1)
+
+
+@pytest.mark.parametrize("content", [b"", b"SQLite format 2\0 but not really\n" * 8], ids=["empty", "not sqlite"])
+def test_a_damaged_ledger_file_stops_the_ledger_and_is_left_alone(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(content)
+    with pytest.raises(LedgerCorruptError, match=f"^{re.escape(str(path))}: not a budget ledger "):
+        SQLiteLedger(path)
+    assert path.read_bytes() == content  # kept for whoever recovers the spend
+
+
+def test_a_database_of_something_else_is_not_a_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(LedgerCorruptError, match="no 'meta' table"):
+        SQLiteLedger(path)
+
+
+def test_an_empty_database_becomes_a_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")  # writes the header: a database with no tables
+    ledger = SQLiteLedger(path)
+    assert hold(ledger, "a", 10)
+
+
+def test_processes_starting_together_share_one_new_ledger(tmp_path: Path) -> None:
+    # Each opener must see no file or a whole ledger, never the empty file SQLite starts a database with.
+    path = tmp_path / "ledger.sqlite3"
+    start = threading.Barrier(8)
+    opened: list[SQLiteLedger] = []
+    failed: list[BaseException] = []
+
+    def open_ledger() -> None:
+        start.wait()
+        try:
+            opened.append(SQLiteLedger(path))
+        except BaseException as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_ledger) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failed
+    assert len({ledger.anchor for ledger in opened}) == 1
+    assert {p.name for p in tmp_path.iterdir()} <= {path.name, f"{path.name}-wal", f"{path.name}-shm"}  # no drafts

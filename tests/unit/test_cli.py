@@ -1,10 +1,11 @@
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from llm_router_plugin.cli import app
+from llm_router_plugin.cli import app, main
 
 runner = CliRunner()
 
@@ -64,10 +65,70 @@ def test_route_empty_query_is_a_clear_error(config: Path, history: Path) -> None
     assert "no text" in result.output
 
 
-def test_missing_config_file(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["status", "--config", str(tmp_path / "nope.yaml")])
-    assert result.exit_code != 0
-    assert "no such config file" in result.output
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[object, str]:
+    """Run the ``llm-router`` entry point with ``args``; its exit code and what it printed to stderr."""
+    monkeypatch.setattr(sys, "argv", ["llm-router", *args])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    return stopped.value.code, capsys.readouterr().err
+
+
+def test_missing_config_file(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, err = run_main(monkeypatch, capsys, "status", "--config", str(tmp_path / "nope.yaml"))
+    assert (code, err) == (2, f"error: no such config file: {tmp_path / 'nope.yaml'}\n")
+
+
+def test_config_named_by_the_environment_must_exist(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./router.yaml to fall back to either
+    monkeypatch.setenv("LLM_ROUTER_CONFIG", str(tmp_path / "typo.yaml"))
+    code, err = run_main(monkeypatch, capsys, "status")
+    assert (code, err) == (2, f"error: no such config file: {tmp_path / 'typo.yaml'}\n")
+
+
+def test_broken_yaml_config_is_one_line_naming_file_and_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "router.yaml"
+    broken.write_text("deployments:\n  - name: a\n   model: b\n", encoding="utf-8")
+    code, err = run_main(monkeypatch, capsys, "status", "--config", str(broken))
+    assert code == 2
+    assert err.startswith(f"error: {broken}, line 3: invalid YAML (") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_import_of_an_unreadable_data_file_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path, kind: str
+) -> None:
+    data = tmp_path / "history.csv"
+    if kind == "folder":
+        data.mkdir()
+    code, err = run_main(monkeypatch, capsys, "import", str(data), "--config", str(config))
+    assert code == 2
+    assert err.startswith("error: ") and str(data) in err and err.count("\n") == 1
+
+
+def test_import_rejects_a_row_with_extra_cells_and_imports_the_rest(config: Path, tmp_path: Path) -> None:
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("prompt,m1,m2\nfirst question,1,0\nsecond, question,1,0\nthird question,0,1\n")
+    result = runner.invoke(app, ["import", str(ragged), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "imported 2 new record(s)" in result.output
+    assert "line 3: 1 cell(s) more than the header" in result.output
+
+
+def test_a_truncated_ledger_stops_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "data" / "ledger.sqlite3"
+    ledger.parent.mkdir()
+    ledger.write_bytes(b"")
+    code, err = run_main(monkeypatch, capsys, "status", "--config", str(config))
+    assert code == 2
+    assert err.startswith(f"error: {ledger}: not a budget ledger ") and err.count("\n") == 1
 
 
 def test_route_rejects_negative_prompt_tokens_without_writing(tmp_path: Path) -> None:

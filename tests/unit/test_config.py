@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,33 @@ def test_non_finite_deployment_numbers_are_rejected(field: str, value: float) ->
 def test_non_finite_router_numbers_are_rejected(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         RouterConfig.from_dict({"deployments": [{"name": "a"}], field: float("inf")})
+
+
+def test_broken_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text("deployments:\n  - name: a\n    model: [unclosed\nmode: max_quality\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}, line 4: invalid YAML \(.+\)$"):
+        RouterConfig.from_yaml(path)
+
+
+def test_missing_config_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"^no such config file: {re.escape(str(tmp_path / 'nope.yaml'))}$"):
+        RouterConfig.from_yaml(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe deployments", None])
+def test_unreadable_config_names_the_file(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "router.yaml"
+    if content is None:
+        path.mkdir()  # a folder where the file should be
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: cannot read the config "):
+        RouterConfig.from_yaml(path)
+
+
+def test_invalid_field_in_a_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text("deployments: []\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: invalid router config: deployments: "):
+        RouterConfig.from_yaml(path)

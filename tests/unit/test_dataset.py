@@ -1,5 +1,6 @@
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,71 @@ def test_import_is_idempotent_and_skips_rejected_rows(tmp_path: Path) -> None:
 def test_shipped_sample_parses() -> None:
     data = read_data(bundled_path())
     assert len(data.rows) == 3164 and len(data.models) == 11 and not data.rejected
+
+
+def test_row_with_more_cells_than_the_header_is_rejected_alone(tmp_path: Path) -> None:
+    data = read_data(write(tmp_path, "a,t,s,1,1.0,0.1,0\nb,t,s,2,1.0,0.1,0,x,y,z\nc,t,s,3,0.5,0.1,1\n"))
+    assert [r.prompt for r in data.rows] == ["a", "c"]
+    assert data.rejected == {3: "3 cell(s) more than the header (7 columns)"}
+
+
+def test_row_with_fewer_cells_than_the_header_has_missing_values(tmp_path: Path) -> None:
+    data = read_data(write(tmp_path, "a,t,s,1,0.5\n"))
+    (row,) = data.rows
+    assert row.outcomes["m1"].quality == 0.5 and row.outcomes["m1"].cost_usd is None
+    assert "m2" not in row.outcomes
+
+
+def test_rejections_name_the_physical_line_after_multi_line_prompts(tmp_path: Path) -> None:
+    data = read_data(write(tmp_path, '"first\nsecond\nthird",t,s,1,1.0,0.1,0\nbad,t,s,2,nan,0.1,0\n'))
+    assert [r.prompt for r in data.rows] == ["first\nsecond\nthird"]
+    assert list(data.rejected) == [5]  # header, three lines of the first prompt, then the bad row
+
+
+def test_jsonl_values_that_are_not_objects_reject_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_text('{"prompt": "x", "m1": 1}\n3\n[1, 2]\nnull\n', encoding="utf-8")
+    data = read_data(path)
+    assert [r.prompt for r in data.rows] == ["x"]
+    assert data.rejected == {2: "not a JSON object", 3: "not a JSON object", 4: "not a JSON object"}
+
+
+def test_file_of_invalid_lines_names_no_internal_columns(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_text("{oops\n", encoding="utf-8")
+    with pytest.raises(HistoryFormatError, match=r"no 'prompt' column \(columns: \[\]\)"):
+        read_data(path)
+
+
+@pytest.mark.parametrize("kind", ["folder", "truncated gzip", "corrupt gzip"])
+def test_unreadable_data_file_names_it(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "h.csv.gz"
+    packed = gzip.compress((HEADER + "a,t,s,1,1.0,0.1,0\n" * 100).encode())
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "truncated gzip":
+        path.write_bytes(packed[:60])
+    else:
+        path.write_bytes(packed[:20] + bytes(b ^ 0xFF for b in packed[20:30]) + packed[30:])
+    with pytest.raises(HistoryFormatError, match=f"^{re.escape(str(path))}: cannot read the data file "):
+        read_data(path)
+
+
+def test_missing_data_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"^no such data file: {re.escape(str(tmp_path / 'h.csv'))}$"):
+        read_data(tmp_path / "h.csv")
+
+
+def stored_texts(store: ChromaHistory) -> list[str | None]:
+    """The prompt texts the store keeps (``None`` where it keeps the embedding only)."""
+    return list(store._collection.get(include=["documents"])["documents"] or [])
+
+
+def test_import_keeps_prompt_texts_only_when_asked(tmp_path: Path) -> None:
+    data = read_data(write(tmp_path, "a b c,t,s,1,1.0,0.1,0\nd e f,t,s,2,0.0,0.2,1\n"))
+    private = ChromaHistory(tmp_path / "private")
+    import_history(data, private, HashingEmbedder(16))
+    assert stored_texts(private) == [None, None]
+    kept = ChromaHistory(tmp_path / "kept")
+    import_history(data, kept, HashingEmbedder(16), store_prompts=True)
+    assert sorted(t or "" for t in stored_texts(kept)) == ["a b c", "d e f"]

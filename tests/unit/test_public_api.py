@@ -18,6 +18,7 @@ EXPECTED_ALL = [
     "HistoryRecord",
     "ImportReport",
     "KnnEstimator",
+    "LedgerCorruptError",
     "ModelOutcome",
     "Reservation",
     "Router",

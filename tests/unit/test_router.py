@@ -1,9 +1,20 @@
 import asyncio
+import os
+import re
+import stat
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from llm_router_plugin import BudgetExhaustedError, EmptyQueryError, Router, UnknownDecisionError
+from llm_router_plugin import (
+    BudgetExhaustedError,
+    EmptyQueryError,
+    LedgerCorruptError,
+    Router,
+    UnknownDecisionError,
+    read_data,
+)
 from tests.conftest import topic_prompt
 
 RouterFactory = Callable[..., Router]
@@ -195,3 +206,45 @@ def test_quality_target_mode_spends_only_where_quality_needs_it(make_router: Rou
     # chat: small (0.7) is nearly as good as big (0.8) at a fraction of the tokens; math: only big answers.
     assert router.route(topic_prompt("chat", 50)).deployment == "small"
     assert router.route(topic_prompt("math", 50)).deployment == "big"
+
+
+@pytest.mark.parametrize("store_prompts", [False, True])
+def test_import_history_follows_the_config_on_prompt_texts(
+    make_router: RouterFactory, tmp_path: Path, store_prompts: bool
+) -> None:
+    path = tmp_path / "h.csv"
+    path.write_text("prompt,big-model,small-model\nsolve the equation,1,0\ntell me a story,0.8,0.7\n", encoding="utf-8")
+    router = make_router(history=False, store_prompts=store_prompts)
+    report = router.import_history(path)
+    assert (report.added, report.existing, report.rejected, report.models) == (2, 0, 0, ["big-model", "small-model"])
+    texts = router.history._collection.get(include=["documents"])["documents"] or []
+    assert sorted(t or "" for t in texts) == (["solve the equation", "tell me a story"] if store_prompts else ["", ""])
+    again = router.import_history(read_data(str(path)))  # a parsed file works as well as a path
+    assert (again.added, again.existing) == (0, 2)
+
+
+def test_a_new_router_folder_is_readable_by_its_owner_only(make_router: RouterFactory, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    data_dir = shared / "apps" / "router"
+    router = make_router(data_dir=data_dir)
+    decision = router.route(topic_prompt("math", 1))
+    router.record(decision.id, prompt_tokens=10, completion_tokens=20)
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    assert mode(shared) == 0o755  # not the router's to tighten
+    assert {mode(folder) for folder in (shared / "apps", data_dir, data_dir / "chroma")} == {0o700}
+    ledger = [data_dir / name for name in ("ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm")]
+    assert {mode(path) for path in ledger} == {0o600}  # the ledger and decision log, with SQLite's WAL files
+
+
+def test_a_router_refuses_a_truncated_ledger(make_router: RouterFactory, tmp_path: Path) -> None:
+    data_dir = tmp_path / "router"
+    data_dir.mkdir()
+    ledger = data_dir / "ledger.sqlite3"
+    ledger.write_bytes(b"")
+    with pytest.raises(LedgerCorruptError, match=f"^{re.escape(str(ledger))}: not a budget ledger "):
+        make_router(data_dir=data_dir)

@@ -90,7 +90,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         config = make_config(tmp, upstream)
         adapter = LiteLLMAdapter.from_proxy_config(config)
-        import_history(DataFile(data.path, data.models, train[:600], {}), adapter.history, adapter.embedder)
+        import_history(DataFile(data.path, data.models, train[:600], {}), adapter.history, adapter.embedder,
+                       store_prompts=adapter.settings.store_prompts)
         master_key = yaml.safe_load(config.read_text())["general_settings"]["master_key"]
         with LiteLLMProxy(config, log=tmp / "proxy.log") as proxy:
             yield Stack(proxy, {"Authorization": f"Bearer {master_key}"}, adapter, test)
