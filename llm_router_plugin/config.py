@@ -137,6 +137,9 @@ class RouterConfig(BaseModel):
         data_dir: folder for the embedded Chroma history and the SQLite ledger.
         chroma_host: use a Chroma server at this host instead of the embedded store (``chroma_port`` beside it).
         collection: Chroma collection name.
+        exact_search_max: up to this many history records, neighbours are found by exact search in memory (about
+            1.5 KB a record; deterministic, and not misled by many identical vectors as HNSW is); above it, by
+            Chroma's approximate HNSW index. 0 = always HNSW.
         embedding_model: sentence-transformers model name or path; ``None`` = the bundled all-MiniLM-L6-v2.
         embedding_threads: torch CPU threads for embedding; ``None`` = torch's default.
         embedding_keep: which end of a prompt longer than the model's window is embedded: ``"tail"`` (the latest
@@ -165,6 +168,7 @@ class RouterConfig(BaseModel):
     chroma_host: str | None = None
     chroma_port: int = Field(default=8000, ge=1, le=65535)
     collection: str = Field(default="history", min_length=3)
+    exact_search_max: int = Field(default=20_000, ge=0)
     embedding_model: str | None = None
     embedding_threads: int | None = Field(default=None, ge=1)
     embedding_keep: Literal["tail", "head"] = "tail"

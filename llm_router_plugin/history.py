@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llm_router_plugin._files import private_dir
 from llm_router_plugin.config import RouterConfig
+from llm_router_plugin.exact_index import ExactIndex
 
 #: Outcome fields, in the order of the last axis of :attr:`Neighbours.outcomes`.
 FIELDS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
@@ -134,6 +135,9 @@ class ChromaHistory:
         host: a Chroma server host (``HttpClient``); ``None`` = embedded.
         port: the server port.
         client: an already built Chroma client (takes precedence over ``path`` and ``host``).
+        exact_search_max: up to this many records, neighbours are found by exact search over a copy of the
+            embeddings in memory (:class:`~llm_router_plugin.exact_index.ExactIndex`); above it, by Chroma's HNSW
+            index. 0 = always HNSW.
     """
 
     def __init__(
@@ -144,7 +148,10 @@ class ChromaHistory:
         host: str | None = None,
         port: int = 8000,
         client: Any = None,
+        exact_search_max: int = 20_000,
     ) -> None:
+        if exact_search_max < 0:
+            raise ValueError(f"exact_search_max: must be at least 0, got {exact_search_max}")
         _quiet_chroma()
         import chromadb
         from chromadb.config import Settings
@@ -165,12 +172,14 @@ class ChromaHistory:
         )
         self._lock = threading.Lock()
         self._stats: _Stats | None = None
+        self._exact_max = exact_search_max
+        self._exact: ExactIndex | None = None
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> ChromaHistory:
         """The store a router config names: a Chroma server at ``chroma_host``, else ``<data_dir>/chroma``."""
         return cls(Path(config.data_dir) / "chroma", collection=config.collection, host=config.chroma_host,
-                   port=config.chroma_port)
+                   port=config.chroma_port, exact_search_max=config.exact_search_max)
 
     @property
     def name(self) -> str:
@@ -208,6 +217,8 @@ class ChromaHistory:
                     for meta in metadatas:
                         self._stats.add(meta, +1)
                     self._stats.records += len(batch)
+                if self._exact is not None:
+                    self._exact.upsert([r.id for r in batch], np.asarray([r.embedding for r in batch]), metadatas)
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         """The subset of ``ids`` already stored."""
@@ -230,6 +241,8 @@ class ChromaHistory:
         old = {k: v for k, v in ((got["metadatas"] or [{}])[0] or {}).items() if k in new}
         self._collection.update(ids=[record_id], metadatas=[new])
         with self._lock:
+            if self._exact is not None:
+                self._exact.merge_metadata(record_id, new)
             if self._stats is not None:
                 self._stats.add(old, -1)
                 self._stats.add(new, +1)
@@ -254,6 +267,14 @@ class ChromaHistory:
         if n == 0 or width == 0:
             return Neighbours(ids, sims, outcomes, tuple(profiles))
         vectors = np.asarray(embeddings, dtype=np.float32)
+        exact = self._exact_index(total)
+        if exact is not None:
+            found, similarity, metadatas = exact.search(vectors, width)
+            sims[:, : similarity.shape[1]] = similarity
+            for row, (row_ids, metas) in enumerate(zip(found, metadatas, strict=True)):
+                ids[row] = row_ids
+                outcomes[row, : len(metas)] = outcome_array(metas, profiles)
+            return Neighbours(ids, sims, outcomes, tuple(profiles))
         # Chroma reads the hits' metadata in one SQL statement per query call, which SQLite caps in variables.
         step = max(1, _QUERY_HITS // width)
         for start in range(0, n, step):
@@ -266,6 +287,32 @@ class ChromaHistory:
                 sims[row, :got] = 1.0 - np.asarray(result["distances"][offset], dtype=float)
                 outcomes[row, :got] = outcome_array(result["metadatas"][offset], profiles)
         return Neighbours(ids, sims, outcomes, tuple(profiles))
+
+    def _exact_index(self, total: int) -> ExactIndex | None:
+        """The in-memory exact index while the store is small enough, loaded from Chroma on first use.
+
+        Like the profile means, it is kept up to date with the writes made through this object, and loaded again
+        when the store's size differs from it.
+        """
+        if total > self._exact_max:
+            with self._lock:
+                self._exact = None
+            return None
+        with self._lock:
+            if self._exact is not None and len(self._exact) == total:
+                return self._exact
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        metadatas: list[Mapping[str, Any] | None] = []
+        for offset in range(0, total, _CHROMA_MAX_BATCH):
+            page = self._collection.get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset)
+            ids += page["ids"]
+            vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
+            metadatas += page["metadatas"] or [None] * len(page["ids"])
+        index = ExactIndex(ids, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32), metadatas)
+        with self._lock:
+            self._exact = index
+        return index
 
     def profile_means(self, profiles: Sequence[str]) -> np.ndarray:
         """Each profile's mean outcome over the whole history, shape ``(len(profiles), len(FIELDS))`` (NaN = none).

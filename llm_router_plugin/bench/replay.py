@@ -130,22 +130,44 @@ def router_config(folder: Path, models: Sequence[str], budgets: np.ndarray, expe
     })
 
 
-def replay(router: Router, prompts: Sequence[str], harness: Harness, quality: np.ndarray | None = None,
+@dataclass(frozen=True)
+class Stream:
+    """The test stream and what really happened on each model (arrays of shape ``(n, M)``, models in order).
+
+    Attributes:
+        prompts: the queries, in arrival order.
+        quality: true quality.
+        cost: true cost (USD).
+        prompt_tokens: prompt tokens per model.
+        completion_tokens: completion tokens per model (NaN where the data has none: recorded as 0).
+    """
+
+    prompts: Sequence[str]
+    quality: np.ndarray
+    cost: np.ndarray
+    prompt_tokens: np.ndarray
+    completion_tokens: np.ndarray
+
+
+def replay(router: Router, stream: Stream, harness: Harness, feedback: bool = False,
            tick: Callable[[], None] | None = None) -> RunResult:
-    """Route every prompt with ``router`` and serve its decisions through ``harness``.
+    """Route every prompt with ``router``, serve its decisions through ``harness`` and record what really happened.
+
+    A served query is recorded with its true tokens and cost, as a deployment's usage report would give them: the
+    router's history learns from them (``learn_online``).
 
     Args:
         router: a router whose deployments are named after the harness's models, in order.
-        prompts: the test stream.
+        stream: the test stream and its true outcomes.
         harness: serves the decisions on true costs.
-        quality: true quality to pass to ``record`` (the feedback variant); ``None`` passes none.
+        feedback: pass the true quality to ``record`` (the feedback variant).
         tick: advances the router's clock between queries.
 
     Returns:
         The run's result.
     """
     names = [d.name for d in router.config.deployments]
-    for query, prompt in enumerate(prompts):
+    for query, prompt in enumerate(stream.prompts):
         if tick is not None:
             tick()
         try:
@@ -155,17 +177,19 @@ def replay(router: Router, prompts: Sequence[str], harness: Harness, quality: np
             continue
         model = names.index(decision.deployment)
         if harness.serve(query, model):
-            known = None if quality is None else float(quality[query, model])
-            router.record(decision.id, decision.prompt_tokens, 0, cost_usd=harness.cost_of(query, model),
-                          quality=known)
+            router.record(
+                decision.id, int(stream.prompt_tokens[query, model]),
+                int(np.nan_to_num(stream.completion_tokens[query, model])), cost_usd=harness.cost_of(query, model),
+                quality=float(stream.quality[query, model]) if feedback else None,
+            )
         else:
             router.record(decision.id, 0, 0, error=DROPPED)
     return harness.result()
 
 
 def run_router(folder: Path, history: ChromaHistory, embedder: CachedEmbedder, models: Sequence[str],
-               budgets: np.ndarray, prompts: Sequence[str], true_quality: np.ndarray, true_cost: np.ndarray,
-               settings: RouterSettings, prices: Mapping[str, Price] | None = None) -> RunResult:
+               budgets: np.ndarray, stream: Stream, settings: RouterSettings,
+               prices: Mapping[str, Price] | None = None) -> RunResult:
     """Build a fresh router for one run and replay the test stream through it.
 
     Args:
@@ -174,9 +198,7 @@ def run_router(folder: Path, history: ChromaHistory, embedder: CachedEmbedder, m
         embedder: returns the cached embeddings.
         models: the models (deployments).
         budgets: USD budget per model.
-        prompts: the test stream.
-        true_quality: its true quality, shape ``(n, M)``.
-        true_cost: its true cost, shape ``(n, M)``.
+        stream: the test stream and its true outcomes.
         settings: how to configure the router.
         prices: the models' prices (see :func:`router_config`).
 
@@ -184,7 +206,7 @@ def run_router(folder: Path, history: ChromaHistory, embedder: CachedEmbedder, m
         The run's result.
     """
     clock = _Clock()
-    config = router_config(folder, models, budgets, len(prompts), settings, prices)
+    config = router_config(folder, models, budgets, len(stream.prompts), settings, prices)
     router = Router(config, embedder=embedder, history=history, clock=clock)
-    harness = Harness(true_quality, true_cost, budgets)
-    return replay(router, prompts, harness, true_quality if settings.feedback else None, clock.tick)
+    harness = Harness(stream.quality, stream.cost, budgets)
+    return replay(router, stream, harness, settings.feedback, clock.tick)

@@ -31,7 +31,7 @@ from llm_router_plugin.bench.policies import (
     random_policy,
 )
 from llm_router_plugin.bench.protocol import SPLITS, Problem, Split, budgets, split_rows
-from llm_router_plugin.bench.replay import CachedEmbedder, RouterSettings, run_router
+from llm_router_plugin.bench.replay import CachedEmbedder, RouterSettings, Stream, run_router
 from llm_router_plugin.embedding import Embedder
 from llm_router_plugin.history import ChromaHistory
 
@@ -169,24 +169,25 @@ class _SeedContext:
         self.exact = ExactHistory(vectors[h], problem.quality[h], problem.cost[h], problem.models,
                                   problem.prompt_tokens[h], problem.completion_tokens[h])
         self.records = self.exact.records([f"h{seed_row}" for seed_row in h])
-        self.approx_store = self.new_store("ann")
+        # The protocol's baselines read approximate neighbours (Chroma's HNSW), as PORT does.
+        self.approx_store = self.new_store("ann", approximate=True)
         plain = plain_config(k)
         self.approx = Estimated(*estimate(self.approx_store, vectors[t], problem.models, plain))
         self.exact_estimates = Estimated(*estimate(self.exact, vectors[t], problem.models, plain))
-        self.prompts = [problem.prompts[i] for i in t]
-        self.quality = problem.quality[t]
-        self.cost = problem.cost[t]
+        self.stream = Stream([problem.prompts[i] for i in t], problem.quality[t], problem.cost[t],
+                             problem.prompt_tokens[t], problem.completion_tokens[t])
 
-    def new_store(self, name: str) -> ChromaHistory:
-        """A fresh Chroma store holding the history split."""
-        store = ChromaHistory(self.folder / name / "chroma")
+    def new_store(self, name: str, approximate: bool = False) -> ChromaHistory:
+        """A fresh Chroma store holding the history split, searched as a router searches it or only by HNSW."""
+        path = self.folder / name / "chroma"
+        store = ChromaHistory(path, exact_search_max=0) if approximate else ChromaHistory(path)
         store.upsert(self.records)
         return store
 
 
 def _run(ctx: _SeedContext, options: BenchOptions, embedder: CachedEmbedder, split: str, multiplier: float) -> Run:
     limits = budgets(ctx.problem, ctx.split, split, multiplier)
-    q, c, seed = ctx.quality, ctx.cost, ctx.split.seed
+    q, c, seed = ctx.stream.quality, ctx.stream.cost, ctx.split.seed
     cheap: dict[str, Callable[[], np.ndarray]] = {
         "random": lambda: random_policy(len(q), len(limits), seed),
         "greedy-perf": lambda: greedy_perf(ctx.approx),
@@ -208,7 +209,7 @@ def _run(ctx: _SeedContext, options: BenchOptions, embedder: CachedEmbedder, spl
             folder = ctx.folder / f"{name}-{split}-{multiplier:g}"
             store = ctx.new_store(folder.name)  # a router writes what it serves into its history: a fresh copy
             start = time.perf_counter()
-            results[name] = run_router(folder, store, embedder, ctx.problem.models, limits, ctx.prompts, q, c,
+            results[name] = run_router(folder, store, embedder, ctx.problem.models, limits, ctx.stream,
                                        _router_settings(options, feedback=name == "ours-feedback"),
                                        ctx.problem.prices)
         seconds[name] = time.perf_counter() - start

@@ -1,0 +1,84 @@
+"""Exact nearest-neighbour search over history held in memory: deterministic, and immune to duplicate vectors.
+
+Chroma's HNSW index is approximate, and it fails badly on history with many identical vectors (the same system
+prompt or few-shot examples in front of many queries, the same question asked again and again): their nodes link
+only to each other, and a search that enters such a group never leaves it. Measured on the RouterBench sample with
+its protocol embeddings (2,727 of 3,150 prompts in four groups of identical vectors), a short coding question got
+eight "nearest" neighbours at cosine similarity 0.04 from one such group, while its true neighbours were at 0.7:
+its cost was estimated from one-letter answers, and the call overspent its budget. For histories up to a few tens of
+thousands of records, a dot product with every record is exact, takes about a millisecond, and returns the same
+neighbours, ties broken by insertion order, in every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+class ExactIndex:
+    """Record ids, normalised embeddings and metadata, searched by exact cosine similarity.
+
+    Args:
+        ids: record ids.
+        embeddings: their normalised embeddings, shape ``(len(ids), dimension)``.
+        metadatas: their metadata (the outcome fields).
+    """
+
+    def __init__(self, ids: Sequence[str], embeddings: np.ndarray, metadatas: Sequence[Mapping[str, Any] | None]
+                 ) -> None:
+        if not len(ids) == len(embeddings) == len(metadatas):
+            raise ValueError("ids/embeddings/metadatas: need one of each per record")
+        self._row = {record_id: row for row, record_id in enumerate(ids)}
+        self._ids = list(ids)
+        self._vectors = np.asarray(embeddings, dtype=np.float32).reshape(len(ids), -1)
+        self._metas: list[Mapping[str, Any]] = [dict(m or {}) for m in metadatas]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def upsert(self, ids: Sequence[str], embeddings: np.ndarray, metadatas: Sequence[Mapping[str, Any] | None]
+               ) -> None:
+        """Insert records, or replace those whose id is already present."""
+        vectors = np.asarray(embeddings, dtype=np.float32)
+        new = [i for i, record_id in enumerate(ids) if record_id not in self._row]
+        for i, record_id in enumerate(ids):
+            if record_id in self._row:
+                row = self._row[record_id]
+                self._vectors[row] = vectors[i]
+                self._metas[row] = dict(metadatas[i] or {})
+        if not new:
+            return
+        for i in new:
+            self._row[ids[i]] = len(self._ids)
+            self._ids.append(ids[i])
+            self._metas.append(dict(metadatas[i] or {}))
+        stacked = vectors[new] if len(self._vectors) == 0 else np.concatenate([self._vectors, vectors[new]])
+        self._vectors = stacked
+
+    def merge_metadata(self, record_id: str, fields: Mapping[str, Any]) -> None:
+        """Update some metadata fields of a record (no-op for an unknown id)."""
+        row = self._row.get(record_id)
+        if row is not None:
+            self._metas[row] = {**self._metas[row], **fields}
+
+    def search(
+        self, embeddings: np.ndarray, k: int
+    ) -> tuple[list[list[str]], np.ndarray, list[list[Mapping[str, Any]]]]:
+        """The ``k`` most similar records of each query, most similar first (ties: the earlier inserted first).
+
+        Args:
+            embeddings: normalised queries, shape ``(n, dimension)``.
+            k: records per query (fewer when the index is smaller).
+
+        Returns:
+            Per query: the ids, the similarities (shape ``(n, min(k, len))``) and the metadata of the records.
+        """
+        width = min(k, len(self._ids))
+        similarity = np.atleast_2d(np.asarray(embeddings, dtype=np.float32)) @ self._vectors.T
+        top = np.argsort(-similarity, axis=1, kind="stable")[:, :width]  # stable: ties in insertion order
+        sims = np.take_along_axis(similarity, top, axis=1).astype(float)
+        return ([[self._ids[i] for i in row] for row in top], sims,
+                [[self._metas[i] for i in row] for row in top])

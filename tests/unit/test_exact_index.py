@@ -1,0 +1,63 @@
+"""Exact neighbour search: the answer HNSW gives up on when history holds many identical vectors."""
+
+from pathlib import Path
+
+import numpy as np
+
+from llm_router_plugin import HistoryRecord, ModelOutcome
+from llm_router_plugin.exact_index import ExactIndex
+from llm_router_plugin.history import ChromaHistory
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def crowded_history(n_duplicates: int = 3000, n_distinct: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Thousands of identical vectors (a shared few-shot prefix) and a few distinct ones near a query direction."""
+    rng = np.random.default_rng(seed)
+    crowd = np.tile(unit(rng.normal(size=(1, 32))), (n_duplicates, 1))
+    query = unit(rng.normal(size=(1, 32)))
+    distinct = unit(query + 0.3 * rng.normal(size=(n_distinct, 32)))
+    return np.concatenate([crowd, distinct]), query
+
+
+def store(tmp_path: Path, vectors: np.ndarray, exact_search_max: int) -> ChromaHistory:
+    history = ChromaHistory(tmp_path / f"chroma-{exact_search_max}", exact_search_max=exact_search_max)
+    history.upsert([HistoryRecord(id=f"r{i:05d}", embedding=v, outcomes={"m": ModelOutcome(completion_tokens=i)})
+                    for i, v in enumerate(vectors)])
+    return history
+
+
+def test_exact_search_finds_the_true_neighbours_among_thousands_of_duplicates(tmp_path: Path) -> None:
+    vectors, query = crowded_history()
+    truth = set(np.argsort(-(vectors @ query[0]), kind="stable")[:5])
+    found = store(tmp_path, vectors, exact_search_max=20_000).neighbours(query, 5, ["m"])
+    assert {int(i[1:]) for i in found.ids[0]} == truth
+    assert np.all(found.similarity[0] > 0.5)
+    assert found.outcomes[0, :, 0, 2].tolist() == [float(i[1:]) for i in found.ids[0]]  # outcomes travel with ids
+
+
+def test_exact_search_is_deterministic_with_ties_in_insertion_order() -> None:
+    vectors = unit(np.ones((6, 4)))
+    index = ExactIndex([f"id{i}" for i in range(6)], vectors, [{"i": i} for i in range(6)])
+    ids, sims, metas = index.search(vectors[:1], 3)
+    assert ids == [["id0", "id1", "id2"]] and [m["i"] for m in metas[0]] == [0, 1, 2]
+    assert np.allclose(sims, 1.0)
+
+
+def test_writes_through_the_store_reach_the_exact_index(tmp_path: Path) -> None:
+    vectors, query = crowded_history(n_duplicates=10, n_distinct=5)
+    history = store(tmp_path, vectors, exact_search_max=100)
+    history.neighbours(query, 3, ["m"])  # loads the index
+    history.upsert([HistoryRecord(id="new", embedding=query[0], outcomes={"m": ModelOutcome(quality=1.0)})])
+    found = history.neighbours(query, 3, ["m"])
+    assert found.ids[0][0] == "new" and found.outcomes[0, 0, 0, 0] == 1.0
+    history.update_outcome("new", "m", ModelOutcome(quality=0.0))
+    assert history.neighbours(query, 1, ["m"]).outcomes[0, 0, 0, 0] == 0.0
+
+
+def test_above_the_limit_the_store_uses_hnsw(tmp_path: Path) -> None:
+    vectors, query = crowded_history(n_duplicates=10, n_distinct=5)
+    history = store(tmp_path, vectors, exact_search_max=5)
+    assert len(history.neighbours(query, 3, ["m"]).ids[0]) == 3  # answered by Chroma's index
