@@ -89,7 +89,7 @@ class BudgetLedger(Protocol):
         ...
 
     def settle(self, decision_id: str, actual: Mapping[str, float], now: float | None = None) -> Settlement | None:
-        """Replace a decision's hold by its actual usage; ``None`` if it was settled or released before."""
+        """Replace a decision's hold (live, expired or released) by its actual usage; ``None`` if settled before."""
         ...
 
     def release(self, decision_id: str) -> bool:
@@ -283,7 +283,7 @@ class SQLiteLedger:
         """Charge a decision's actual usage to its deployment and window, dropping its hold.
 
         A hold that expired was charged at its reserved amount; settling it replaces that charge by the actual usage.
-        Settling twice charges once.
+        A released hold is charged the actual usage (the call was answered after all). Settling twice charges once.
 
         Args:
             decision_id: the decision.
@@ -291,7 +291,7 @@ class SQLiteLedger:
             now: the clock.
 
         Returns:
-            What was held and charged, or ``None`` if the decision is unknown or already settled or released.
+            What was held and charged, or ``None`` if the decision is unknown or already settled.
         """
         now = time.time() if now is None else now
         with self._tx() as db:
@@ -299,7 +299,9 @@ class SQLiteLedger:
             row = db.execute(
                 "SELECT deployment, window, tokens, usd, status FROM holds WHERE decision_id=?", (decision_id,)
             ).fetchone()
-            if row is None or row[4] not in ("held", "expired"):
+            # A released hold can still be settled: a success reported after a failure report means the call was
+            # answered after all (an output guardrail failed the request, events arrived out of order).
+            if row is None or row[4] not in ("held", "expired", "released"):
                 return None
             deployment, window, tokens, usd, status = row
             db.execute("UPDATE holds SET status='settled' WHERE decision_id=?", (decision_id,))

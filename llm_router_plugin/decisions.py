@@ -113,16 +113,16 @@ class DecisionLog:
             status=row[8], outcome=json.loads(row[9]) if row[9] else {},
         )
 
-    def close_decision(self, decision_id: str, status: str, outcome: dict[str, Any]) -> bool:
-        """Mark an open decision recorded or failed, with its outcome.
+    def close_decision(self, decision_id: str, status: str, outcome: dict[str, Any], current: str = "open") -> bool:
+        """Mark a decision recorded or failed, with its outcome, if its status is still ``current``.
 
         Returns:
-            False if the decision was not open (already closed, or unknown).
+            False if the decision's status was not ``current`` (closed meanwhile, or unknown).
         """
         with self._lock, self._db:
             cursor = self._db.execute(
-                "UPDATE decisions SET status=?, outcome=? WHERE id=? AND status='open'",
-                (status, json.dumps(outcome), decision_id),
+                "UPDATE decisions SET status=?, outcome=? WHERE id=? AND status=?",
+                (status, json.dumps(outcome), decision_id, current),
             )
             return cursor.rowcount > 0
 

@@ -8,8 +8,10 @@ one top-k query returns everything the estimator needs.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,8 @@ from llm_router_plugin.exact_index import ExactIndex
 FIELDS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
 _PREFIX = {"quality": "q", "prompt_tokens": "pt", "completion_tokens": "ct", "cost_usd": "usd"}
 _CHROMA_MAX_BATCH = 5000
+#: Seconds between checks that the in-memory exact index still has the store's size (another process may write).
+EXACT_RECHECK_S = 5.0
 #: Hits (queries × neighbours) read per Chroma query call: its metadata lookup must stay under SQLite's variable limit.
 _QUERY_HITS = 20_000
 
@@ -174,6 +178,7 @@ class ChromaHistory:
         self._stats: _Stats | None = None
         self._exact_max = exact_search_max
         self._exact: ExactIndex | None = None
+        self._exact_checked = -math.inf
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> ChromaHistory:
@@ -259,7 +264,8 @@ class ChromaHistory:
             The neighbours of every query.
         """
         n = len(embeddings)
-        total = self.count()
+        exact = self._exact_index()
+        total = len(exact) if exact is not None else self.count()
         width = min(k, total)
         sims = np.full((n, k), np.nan)
         outcomes = np.full((n, k, len(profiles), len(FIELDS)), np.nan)
@@ -267,7 +273,6 @@ class ChromaHistory:
         if n == 0 or width == 0:
             return Neighbours(ids, sims, outcomes, tuple(profiles))
         vectors = np.asarray(embeddings, dtype=np.float32)
-        exact = self._exact_index(total)
         if exact is not None:
             found, similarity, metadatas = exact.search(vectors, width)
             sims[:, : similarity.shape[1]] = similarity
@@ -288,19 +293,32 @@ class ChromaHistory:
                 outcomes[row, :got] = outcome_array(result["metadatas"][offset], profiles)
         return Neighbours(ids, sims, outcomes, tuple(profiles))
 
-    def _exact_index(self, total: int) -> ExactIndex | None:
-        """The in-memory exact index while the store is small enough, loaded from Chroma on first use.
+    def _exact_index(self) -> ExactIndex | None:
+        """The in-memory exact index while the store is small enough (``None`` above ``exact_search_max``).
 
-        Like the profile means, it is kept up to date with the writes made through this object, and loaded again
-        when the store's size differs from it.
+        Loaded from Chroma on first use and kept up to date with the writes made through this object; every
+        :data:`EXACT_RECHECK_S` seconds the store's size is compared with it, and a store that another process wrote
+        to is loaded again.
         """
+        now = time.monotonic()
+        with self._lock:
+            index, checked = self._exact, self._exact_checked
+        if self._exact_max == 0:
+            return None
+        if index is not None and now - checked < EXACT_RECHECK_S:
+            return index
+        total = int(self._collection.count())
         if total > self._exact_max:
             with self._lock:
                 self._exact = None
             return None
+        if index is None or len(index) != total:
+            index = self._load_exact(total)
         with self._lock:
-            if self._exact is not None and len(self._exact) == total:
-                return self._exact
+            self._exact, self._exact_checked = index, now
+        return index
+
+    def _load_exact(self, total: int) -> ExactIndex:
         ids: list[str] = []
         vectors: list[np.ndarray] = []
         metadatas: list[Mapping[str, Any] | None] = []
@@ -309,10 +327,7 @@ class ChromaHistory:
             ids += page["ids"]
             vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
             metadatas += page["metadatas"] or [None] * len(page["ids"])
-        index = ExactIndex(ids, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32), metadatas)
-        with self._lock:
-            self._exact = index
-        return index
+        return ExactIndex(ids, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32), metadatas)
 
     def profile_means(self, profiles: Sequence[str]) -> np.ndarray:
         """Each profile's mean outcome over the whole history, shape ``(len(profiles), len(FIELDS))`` (NaN = none).

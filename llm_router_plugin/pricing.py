@@ -69,8 +69,8 @@ def read_prices(path: str | Path) -> dict[str, Price]:
             raise ValueError(
                 f"prices: {model!r} needs numeric 'input_usd_per_mtok' and 'output_usd_per_mtok'"
             ) from None
-        if price.input_usd_per_mtok < 0 or price.output_usd_per_mtok < 0:
-            raise ValueError(f"prices: {model!r} has a negative price")
+        if not all(math.isfinite(v) and v >= 0 for v in (price.input_usd_per_mtok, price.output_usd_per_mtok)):
+            raise ValueError(f"prices: {model!r} needs finite, non-negative prices")
         prices[model] = price
     return prices
 
@@ -93,10 +93,19 @@ def completion_tokens_from_cost(cost_usd: float, prompt_tokens: int, price: Pric
 
 
 def configured_price(deployment: DeploymentConfig) -> Price | None:
-    """The deployment's configured price (a missing side counts as free), or ``None`` if it names none."""
-    if deployment.input_usd_per_mtok is None and deployment.output_usd_per_mtok is None:
+    """The deployment's configured price, or ``None`` if it names none.
+
+    Raises:
+        ValueError: the deployment has a USD budget and names only one side of its price (the other would count as
+            free, and that part of its spend would go unenforced).
+    """
+    sides = (deployment.input_usd_per_mtok, deployment.output_usd_per_mtok)
+    if sides == (None, None):
         return None
-    return Price(deployment.input_usd_per_mtok or 0.0, deployment.output_usd_per_mtok or 0.0)
+    if None in sides and deployment.usd_budget is not None:
+        raise ValueError(f"deployments.{deployment.name}: a usd_budget needs both input_usd_per_mtok and "
+                         "output_usd_per_mtok (set 0 for a side that is free)")
+    return Price(sides[0] or 0.0, sides[1] or 0.0)
 
 
 def history_price(means: np.ndarray) -> Price | None:
@@ -152,7 +161,7 @@ def resolve_prices(
 
 def usage_estimate(
     price: Price | None, prompt_tokens: int, prompt_counted: bool, completion: float, completion_high: float,
-    margin: float, max_tokens: int | None,
+    margin: float, max_tokens: int | None, choices: int = 1,
 ) -> dict[str, float]:
     """One query's estimated usage on a deployment, and what to hold for it.
 
@@ -168,7 +177,8 @@ def usage_estimate(
         completion: estimated completion tokens.
         completion_high: the high side of the completion estimate.
         margin: the reserve margin (0.5 = hold 50% above the high side).
-        max_tokens: the request's completion limit, if any.
+        max_tokens: the request's completion limit per choice, if any.
+        choices: completions the request asks for (OpenAI's ``n``): each is billed.
 
     Returns:
         ``tokens``, ``usd``, ``tokens_hold``, ``usd_hold``.
@@ -176,6 +186,7 @@ def usage_estimate(
     completion_hold = max(completion_high, completion) * (1.0 + margin)
     if max_tokens is not None:
         completion, completion_hold = min(completion, max_tokens), min(completion_hold, max_tokens)
+    completion, completion_hold = completion * choices, completion_hold * choices
     prompt_hold = prompt_tokens if prompt_counted else prompt_tokens * (1.0 + margin)
     return {
         "tokens": prompt_tokens + completion,

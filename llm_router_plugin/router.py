@@ -175,14 +175,15 @@ class _Budget:
 class _Request:
     """A validated query, before anything is written: its text (``""``: none), prompt tokens and limits."""
 
-    __slots__ = ("allowed", "counted", "max_tokens", "prompt_tokens", "text")
+    __slots__ = ("allowed", "choices", "counted", "max_tokens", "prompt_tokens", "text")
 
-    def __init__(self, text: str, prompt_tokens: int, counted: bool, max_tokens: int | None,
+    def __init__(self, text: str, prompt_tokens: int, counted: bool, max_tokens: int | None, choices: int,
                  allowed: list[int]) -> None:
         self.text = text
         self.prompt_tokens = prompt_tokens
         self.counted = counted
         self.max_tokens = max_tokens
+        self.choices = choices
         self.allowed = allowed
 
 
@@ -262,7 +263,7 @@ class Router:
     # ----------------------------------------------------------------------------------------------- routing
 
     def route(
-        self, query: Query, *, prompt_tokens: int | None = None, max_tokens: int | None = None,
+        self, query: Query, *, prompt_tokens: int | None = None, max_tokens: int | None = None, n: int = 1,
         deployments: Sequence[str] | None = None,
     ) -> Decision:
         """Choose a deployment for a query and reserve its estimated usage.
@@ -276,6 +277,7 @@ class Router:
             prompt_tokens: exact prompt tokens if the caller counted them (held exactly); else about four characters
                 a token, held with the reserve margin.
             max_tokens: the request's completion limit: caps the completion part of the estimate and the hold.
+            n: completions the request asks for (OpenAI's ``n``): the completion part is estimated and held n times.
             deployments: restrict the choice to these deployments (e.g. the healthy ones); ``None`` = all.
 
         Returns:
@@ -283,30 +285,33 @@ class Router:
 
         Raises:
             EmptyQueryError: the query is an empty string or an empty message list.
-            ValueError: ``prompt_tokens`` or ``max_tokens`` is not a valid count, or ``deployments`` names an unknown
-                deployment or is empty (nothing is reserved or logged then).
+            ValueError: ``prompt_tokens``, ``max_tokens`` or ``n`` is not a valid count, or ``deployments`` names an
+                unknown deployment or is empty (nothing is reserved or logged then).
             BudgetExhaustedError: no allowed deployment can afford the query (or, once learned, is worth its
                 budget for it) and none is a fallback.
         """
-        request = self._request(query, prompt_tokens, max_tokens, deployments)
+        request = self._request(query, prompt_tokens, max_tokens, n, deployments)
         embedding = self.embedder.embed([request.text])[0] if request.text else None
         return self._decide(request, embedding)
 
     async def aroute(
-        self, query: Query, *, prompt_tokens: int | None = None, max_tokens: int | None = None,
+        self, query: Query, *, prompt_tokens: int | None = None, max_tokens: int | None = None, n: int = 1,
         deployments: Sequence[str] | None = None,
     ) -> Decision:
         """Async :meth:`route`: embedding, store and ledger work run off the event loop."""
-        request = self._request(query, prompt_tokens, max_tokens, deployments)
+        request = self._request(query, prompt_tokens, max_tokens, n, deployments)
         embedding = (await self.embedder.aembed([request.text]))[0] if request.text else None
         return await asyncio.to_thread(self._decide, request, embedding)
 
-    def _request(self, query: Query, prompt_tokens: Any, max_tokens: Any, deployments: Sequence[str] | None
+    def _request(self, query: Query, prompt_tokens: Any, max_tokens: Any, n: Any, deployments: Sequence[str] | None
                  ) -> _Request:
         counted = optional_token_count("prompt_tokens", prompt_tokens)
         limit = optional_token_count("max_tokens", max_tokens)
         if limit == 0:
             raise ValueError("max_tokens: must be at least 1")
+        choices = token_count("n", n)
+        if choices == 0:
+            raise ValueError("n: must be at least 1")
         text = query_text(query)
         if not text.strip():
             if isinstance(query, str) or not query:
@@ -318,7 +323,7 @@ class Router:
             tokens = estimate_tokens(text)
         else:
             tokens = NON_TEXT_PART_TOKENS * max(1, _non_text_parts(query))
-        return _Request(text, tokens, counted is not None, limit, self._allowed(deployments))
+        return _Request(text, tokens, counted is not None, limit, choices, self._allowed(deployments))
 
     def _allowed(self, deployments: Sequence[str] | None) -> list[int]:
         if deployments is None:
@@ -395,6 +400,7 @@ class Router:
             usage_estimate(
                 price, request.prompt_tokens, request.counted, float(estimates.completion_tokens[0, col]),
                 float(estimates.completion_tokens_high[0, col]), self.config.reserve_margin, request.max_tokens,
+                request.choices,
             )
             for price, col in zip(self._prices, self._column, strict=True)
         ]
@@ -646,8 +652,8 @@ class Router:
         Every argument is checked before anything is written. The ledger is settled first and the decision closed
         second, each at most once, so a record interrupted between the two (a crash, a full disk) is completed by
         calling it again, and charges once. A failed call (``error`` set) that reports no tokens releases its
-        reservation and adds nothing to history. A history store that fails after the ledger was settled is logged,
-        not raised: the spend is kept.
+        reservation and adds nothing to history; usage recorded for it later is still charged (the call was answered
+        after all). A history store that fails after the ledger was settled is logged, not raised: the spend is kept.
 
         Args:
             decision_id: from :meth:`route`.
@@ -680,9 +686,11 @@ class Router:
         logged = self.decisions.get(decision_id)
         if logged is None:
             raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
-        if logged.status != "open":
-            return None
         tokens = outcome["prompt_tokens"] + outcome["completion_tokens"]
+        # A failure report does not close a decision for good: usage reported after it (the call was answered
+        # after all) is charged. A recorded decision is closed for good.
+        if logged.status == "recorded" or (logged.status == "failed" and tokens == 0):
+            return None
         if error is not None and tokens == 0:
             self.ledger.release(decision_id)
             self.decisions.close_decision(decision_id, "failed", outcome)
@@ -693,7 +701,9 @@ class Router:
                                outcome["completion_tokens"])
         actual = {"tokens": float(tokens), "usd": usd}
         settlement = self.ledger.settle(decision_id, actual, self._clock())
-        if not self.decisions.close_decision(decision_id, "failed" if error else "recorded", outcome):
+        if settlement is None and logged.status == "failed":
+            return None  # failed with usage before: charged then
+        if not self.decisions.close_decision(decision_id, "failed" if error else "recorded", outcome, logged.status):
             return None  # a concurrent record of the same decision closed it first (the ledger charged once)
         if settlement is None:  # an earlier, interrupted record settled the ledger already
             settlement = Settlement(logged.deployment, {}, actual, False)

@@ -57,7 +57,10 @@ def test_a_failure_recorded_after_expiry_refunds_the_charge(tmp_path: Path) -> N
     assert ledger.usage("d", 0, 11.0)[0]["tokens"] == 90
     assert ledger.release("a")
     assert ledger.usage("d", 0, 12.0)[0]["tokens"] == 0
-    assert ledger.settle("a", {"tokens": 5.0}, 13.0) is None  # released: nothing more to charge
+    # A success reported after the failure: the call was answered after all, and is charged once.
+    assert ledger.settle("a", {"tokens": 5.0}, 13.0) is not None
+    assert ledger.settle("a", {"tokens": 5.0}, 13.0) is None
+    assert ledger.usage("d", 0, 14.0)[0]["tokens"] == 5
 
 
 def test_windows_are_separate(tmp_path: Path) -> None:

@@ -280,3 +280,30 @@ def test_concurrent_routing_serves_nearly_what_sequential_routing_serves(make_ro
     assert served_conc >= 0.9 * served_seq
     for d in concurrent.status().deployments:
         assert d.spent["tokens"] <= d.limits["tokens"]
+
+
+def test_usage_reported_after_a_failure_report_is_charged(make_router: RouterFactory) -> None:
+    router = make_router()
+    decision = router.route(topic_prompt("chat", 1))
+    assert router.record(decision.id, 0, 0, error="guardrail failed the response") is None
+    assert spent(router, decision.deployment)["tokens"] == 0
+    settlement = router.record(decision.id, 40, 60)  # the answer's usage arrives after all
+    assert settlement is not None and settlement.actual["tokens"] == 100
+    assert router.record(decision.id, 40, 60) is None
+    assert spent(router, decision.deployment)["tokens"] == 100
+    assert router.decisions.get(decision.id).status == "recorded"  # type: ignore[union-attr]
+
+
+def test_n_completions_are_held_n_times(make_router: RouterFactory) -> None:
+    router = make_router(deployments=PRICED)
+    one = router.route(topic_prompt("math", 1), prompt_tokens=100, max_tokens=100, deployments=["big"])
+    fifty = router.route(topic_prompt("math", 1), prompt_tokens=100, max_tokens=100, n=50, deployments=["big"])
+    assert one.reserved["tokens"] == pytest.approx(200)
+    assert fifty.reserved["tokens"] == pytest.approx(100 + 50 * 100)
+    with pytest.raises(ValueError, match="n:"):
+        router.route(topic_prompt("math", 1), n=0)
+
+
+def test_a_usd_budget_needs_both_sides_of_a_configured_price(make_router: RouterFactory) -> None:
+    with pytest.raises(ValueError, match="output_usd_per_mtok"):
+        make_router(deployments=[{"name": "big", "model": "big-model", "usd_budget": 1.0, "input_usd_per_mtok": 1.0}])

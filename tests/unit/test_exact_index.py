@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from llm_router_plugin import HistoryRecord, ModelOutcome
 from llm_router_plugin.exact_index import ExactIndex
@@ -61,3 +62,24 @@ def test_above_the_limit_the_store_uses_hnsw(tmp_path: Path) -> None:
     vectors, query = crowded_history(n_duplicates=10, n_distinct=5)
     history = store(tmp_path, vectors, exact_search_max=5)
     assert len(history.neighbours(query, 3, ["m"]).ids[0]) == 3  # answered by Chroma's index
+
+
+def test_records_written_by_another_store_object_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import llm_router_plugin.history as history_module
+
+    vectors, query = crowded_history(n_duplicates=10, n_distinct=5)
+    reader = store(tmp_path, vectors, exact_search_max=100)
+    reader.neighbours(query, 3, ["m"])  # loads the index
+    writer = ChromaHistory(tmp_path / "chroma-100", exact_search_max=100)  # another worker on the same store
+    writer.upsert([HistoryRecord(id="theirs", embedding=query[0], outcomes={"m": ModelOutcome(quality=1.0)})])
+    monkeypatch.setattr(history_module, "EXACT_RECHECK_S", 0.0)
+    assert reader.neighbours(query, 1, ["m"]).ids[0] == ["theirs"]
+
+
+def test_an_index_grows_one_record_at_a_time() -> None:
+    index = ExactIndex([], np.zeros((0, 0), np.float32), [])
+    vectors = unit(np.random.default_rng(1).normal(size=(300, 8)))
+    for i, v in enumerate(vectors):
+        index.upsert([f"r{i}"], v[None], [{"i": i}])
+    ids, sims, _ = index.search(vectors[123:124], 1)
+    assert ids == [["r123"]] and len(index) == 300 and np.isclose(sims[0, 0], 1.0)

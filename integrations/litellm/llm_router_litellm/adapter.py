@@ -17,10 +17,12 @@ Mapping:
   LiteLLM's price map for ``litellm_params.model``), else the router fits them on history.
 - Every request of a routed group is routed and budgeted, text or not (images, files, tool calls, empty turns);
   an empty message list is refused with HTTP 400, never passed through.
-- The attempts of a request (LiteLLM retries and fallbacks) are kept server-side, keyed by a request token the
-  adapter draws and writes into ``metadata["llm_router"]``; the client never sees the token, and anything a client
-  writes under ``llm_router`` is ignored (the proxy callback also strips it on the way in). The success and failure
-  events look the attempts up by that token to settle the reservation with the actual tokens and cost, or release it.
+- The attempts of a request (LiteLLM retries and fallbacks, and calls that share one metadata dict) are kept
+  server-side, keyed by a request token the adapter draws and writes into ``metadata["llm_router"]``; the client
+  never sees the token, and anything a client writes under ``llm_router`` is ignored (the proxy callback also strips
+  it on the way in). A success event charges the open attempt on the deployment that answered with the actual tokens
+  and cost; a failure event releases the failed attempt. An attempt no event settles is charged at its hold when it
+  expires: ambiguity costs budget, never lets a call go uncharged.
 - A budget refusal is remembered with the request: LiteLLM's retries of it get the same refusal without counting as
   new traffic.
 """
@@ -47,17 +49,16 @@ from litellm.exceptions import RateLimitErrorCategory, RateLimitType
 
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.embedding import Embedder, make_embedder
-from llm_router_plugin.errors import BudgetExhaustedError
+from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError
 from llm_router_plugin.history import ChromaHistory
 from llm_router_plugin.router import Decision, Router
+from llm_router_plugin.validation import optional_token_count, token_count
 
 #: Key of the router settings in ``callback_settings``, of a deployment's block in ``model_info``, and of the
 #: decision in a request's metadata.
 KEY = "llm_router"
 #: Prefix of the response headers that show the decision to the client.
 HEADER_PREFIX = "x-llm-router-"
-#: Error recorded for an earlier attempt of a request that LiteLLM retried or sent to a fallback.
-SUPERSEDED = "superseded: LiteLLM retried the request or sent it to a fallback"
 
 _log = logging.getLogger("llm_router_litellm")
 _PLACEHOLDER = "settings-check"
@@ -182,11 +183,13 @@ class _Attempt:
 
 @dataclass
 class _Tracked:
-    """What the adapter keeps of one request: its attempts, and the refusal its retries get."""
+    """What the adapter keeps of one request: its attempts, and the refusal (message) its retries get per group."""
 
     attempts: list[_Attempt] = field(default_factory=list)
-    refused: dict[str, Exception] = field(default_factory=dict)
-    created: float = field(default_factory=time.time)
+    refused: dict[str, str] = field(default_factory=dict)
+    created: float = field(default_factory=time.monotonic)
+    # Events of one request's calls arrive concurrently: each must pick, and settle, a different attempt.
+    settling: threading.Lock = field(default_factory=threading.Lock)
 
 
 class LiteLLMAdapter:
@@ -332,38 +335,44 @@ class LiteLLMAdapter:
         candidates = [d for d in healthy if deployment_id(d) in known]
         if not candidates:
             return None
-        token, tracked = self._track(request_kwargs)
+        max_tokens, choices = _completion_limits(model_group, request_kwargs)
+        token, tracked = self._track(request_kwargs, router.config.reservation_timeout_s)
         refused = tracked.refused.get(model_group)
         if refused is not None:
-            raise refused  # a retry of a refused request: the same answer, and not counted as new traffic
+            raise _budget_refusal(model_group, refused)  # a retry of a refused request: not counted as new traffic
         try:
             decision = router.route(
-                messages, prompt_tokens=_count_tokens(candidates[0], messages),
-                max_tokens=_max_tokens(request_kwargs), deployments=[deployment_id(d) for d in candidates],
+                messages, prompt_tokens=_count_tokens(candidates[0], messages, request_kwargs.get("tools")),
+                max_tokens=max_tokens, n=choices, deployments=[deployment_id(d) for d in candidates],
             )
         except BudgetExhaustedError as exc:
-            tracked.refused[model_group] = _budget_refusal(model_group, exc)
-            raise tracked.refused[model_group] from exc
-        except ValueError as exc:  # an empty message list, a max_tokens that is not a count: the client's error
-            raise litellm.BadRequestError(message=f"llm-router: model group {model_group!r}: {exc}",
-                                          model=model_group, llm_provider="llm-router") from exc
+            tracked.refused[model_group] = str(exc)  # the message only: an exception would pin the request's frames
+            raise _budget_refusal(model_group, str(exc)) from None
+        except EmptyQueryError as exc:
+            raise _bad_request(model_group, exc) from None
         with self._requests_lock:
             tracked.attempts.append(_Attempt(model_group, decision.id, decision.deployment))
         _remember(request_kwargs, token, model_group, decision)
         return next(d for d in candidates if deployment_id(d) == decision.deployment)
 
-    def _track(self, request_kwargs: dict[str, Any]) -> tuple[str, _Tracked]:
-        """The request token and server-side state of a request (new unless an earlier attempt of it made them)."""
+    def _track(self, request_kwargs: dict[str, Any], ttl: float) -> tuple[str, _Tracked]:
+        """The request token and server-side state of a request (new unless an earlier attempt of it made them).
+
+        Requests older than ``ttl`` seconds (twice the reservation timeout: their holds have been charged or settled
+        by then) are forgotten first, then the oldest beyond :data:`MAX_TRACKED_REQUESTS`.
+        """
         entry = _entry(request_kwargs)
         token = entry.get("request") if entry else None
         with self._requests_lock:
             if isinstance(token, str) and token in self._requests:
                 return token, self._requests[token]
+            now = time.monotonic()
+            while self._requests and (len(self._requests) >= MAX_TRACKED_REQUESTS
+                                      or now - next(iter(self._requests.values())).created > 2 * ttl):
+                self._requests.popitem(last=False)
             # A token the adapter did not draw (absent, or written by a client) starts a new request.
             token = uuid.uuid4().hex
             tracked = self._requests[token] = _Tracked()
-            while len(self._requests) > MAX_TRACKED_REQUESTS:
-                self._requests.popitem(last=False)
         _metadata(request_kwargs)[KEY] = {"request": token}  # so that a retry of a refused request is known
         return token, tracked
 
@@ -379,11 +388,13 @@ class LiteLLMAdapter:
     def settle(self, event: Mapping[str, Any], *, success: bool, final: bool = False) -> None:
         """Settle the decisions of a request from LiteLLM's success or failure event.
 
-        On success, the attempt that answered is recorded with the actual tokens, cost and latency, and earlier
-        attempts of the same request (LiteLLM retried or fell back) are released. On failure, the failed attempt's
-        reservation is released; a ``final`` failure (the proxy gave up on the request) releases every open attempt.
-        The attempts are the adapter's own record of the request, found by the token it wrote into the request's
-        metadata: an event of a request the router did not route, or with a token it did not draw, is ignored.
+        On success, the oldest open attempt on the deployment that answered is charged the actual tokens, cost and
+        latency (without a deployment in the event: the oldest open attempt). On failure, the oldest open attempt on
+        the failing deployment is released; a ``final`` failure (the proxy gave up on the request) releases every
+        open attempt. Usage reported after a release is still charged (see :meth:`Router.record`), and an attempt no
+        event settles is charged at its hold when it expires. The attempts are the adapter's own record of the
+        request, found by the token it wrote into the request's metadata: an event of a request the router did not
+        route, or with a token it did not draw, is ignored.
 
         Args:
             event: the event's ``kwargs`` (``standard_logging_object`` and ``litellm_params``), or the request data.
@@ -391,38 +402,45 @@ class LiteLLMAdapter:
             final: the request as a whole failed (no attempt of it will answer any more).
         """
         entry = _entry(event.get("litellm_params") or {}) or _entry(event)
-        token = str((entry or {}).get("request"))
         with self._requests_lock:
-            # A success or a final failure ends the request: forget it (its attempts are settled below).
-            tracked = self._requests.pop(token, None) if success or final else self._requests.get(token)
+            tracked = self._requests.get(str((entry or {}).get("request")))
         if tracked is None:
             return
+        with tracked.settling:
+            self._settle(tracked, event, success, final)
+
+    def _settle(self, tracked: _Tracked, event: Mapping[str, Any], success: bool, final: bool) -> None:
+        with self._requests_lock:
+            attempts = list(tracked.attempts)
         log = event.get("standard_logging_object") or {}
         served_by = str(log.get("model_id") or "")
-        attempts = [(a, router) for a in list(tracked.attempts)
-                    if (router := self.router(a.group)) is not None and _is_open(router, a.decision_id)]
-        matching = [pair for pair in attempts if pair[0].deployment == served_by]
-        if not success:
-            error = str(log.get("error_str") or event.get("exception") or "call failed")[:500]
-            # Attempts run one after another: the oldest open one on this deployment is the one that failed.
-            for attempt, router in attempts if final else matching[:1]:
-                router.record(attempt.decision_id, 0, 0, error=error)
-            return
-        for attempt, router in attempts:
-            if matching and attempt is matching[-1][0]:
+        status = {a.decision_id: (a, router, _status(router, a.decision_id)) for a in attempts
+                  if (router := self.router(a.group)) is not None}
+        open_attempts = [(a, router) for a, router, state in status.values() if state == "open"]
+        if success:
+            # The answering attempt: open ones first, then one a failure report released (usage still counts).
+            answering = [(a, router) for a, router, state in sorted(status.values(), key=lambda v: v[2] != "open")
+                         if state in ("open", "failed") and (a.deployment == served_by or not served_by)]
+            for attempt, router in answering[:1]:
                 router.record(attempt.decision_id, **_usage(log))
-            else:
-                router.record(attempt.decision_id, 0, 0, error=SUPERSEDED)
+            return
+        matching = [pair for pair in open_attempts if pair[0].deployment == served_by]
+        error = str(log.get("error_str") or event.get("exception") or "call failed")[:500]
+        # Attempts run one after another: the oldest open one on this deployment is the one that failed.
+        for attempt, router in open_attempts if final else matching[:1]:
+            router.record(attempt.decision_id, 0, 0, error=error)
 
     async def asettle(self, event: Mapping[str, Any], *, success: bool, final: bool = False) -> None:
         """Async :meth:`settle` (runs in a worker thread)."""
         await asyncio.to_thread(self.settle, event, success=success, final=final)
 
 
-def _count_tokens(deployment: Mapping[str, Any], messages: Sequence[Mapping[str, Any]]) -> int | None:
+def _count_tokens(deployment: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], tools: Any) -> int | None:
     try:
-        # Images at LiteLLM's default count: a high-detail image URL would otherwise be fetched over the network.
+        # Tool schemas are part of the prompt; images at LiteLLM's default count (a high-detail image URL would
+        # otherwise be fetched over the network).
         return int(litellm.token_counter(model=str(deployment["litellm_params"]["model"]), messages=list(messages),
+                                         tools=tools if isinstance(tools, list) else None,
                                          use_default_image_token_count=True))
     except Exception as exc:  # a count only feeds the estimate: never fail a request over it
         _log.warning("token counting failed (%s); the router estimates prompt tokens from the text", exc)
@@ -446,26 +464,41 @@ def _remember(request_kwargs: dict[str, Any], token: str, model_group: str, deci
     }
 
 
-def _max_tokens(request_kwargs: Mapping[str, Any]) -> Any:
-    """The request's completion limit (``max_completion_tokens`` or ``max_tokens``), unchecked: the router checks."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        if request_kwargs.get(key) is not None:
-            return request_kwargs[key]
-    return None
+def _completion_limits(model_group: str, request_kwargs: Mapping[str, Any]) -> tuple[int | None, int]:
+    """The request's completion limit per choice and its number of choices (``n``).
+
+    Raises:
+        litellm.BadRequestError: either is not a positive whole number (HTTP 400).
+    """
+    limit = next((request_kwargs[k] for k in ("max_completion_tokens", "max_tokens")
+                  if request_kwargs.get(k) is not None), None)
+    choices = request_kwargs.get("n")
+    try:
+        checked = optional_token_count("max_tokens", limit), token_count("n", 1 if choices is None else choices)
+    except ValueError as exc:
+        raise _bad_request(model_group, exc) from None
+    if checked[0] == 0 or checked[1] == 0:
+        raise _bad_request(model_group, ValueError("max_tokens/n: must be at least 1"))
+    return checked
 
 
-def _budget_refusal(model_group: str, exc: BudgetExhaustedError) -> litellm.RateLimitError:
+def _bad_request(model_group: str, exc: Exception) -> litellm.BadRequestError:
+    return litellm.BadRequestError(message=f"llm-router: model group {model_group!r}: {exc}", model=model_group,
+                                   llm_provider="llm-router")
+
+
+def _budget_refusal(model_group: str, reason: str) -> litellm.RateLimitError:
     refusal = litellm.RateLimitError(
-        message=f"llm-router: model group {model_group!r}: {exc}", llm_provider="llm-router", model=model_group,
+        message=f"llm-router: model group {model_group!r}: {reason}", llm_provider="llm-router", model=model_group,
         category=RateLimitErrorCategory.LITELLM_RATE_LIMIT, rate_limit_type=RateLimitType.BUDGET,
     )
     refusal.num_retries = 0  # LiteLLM reads this: retrying a budget refusal cannot succeed
     return refusal
 
 
-def _is_open(router: Router, decision_id: str) -> bool:
+def _status(router: Router, decision_id: str) -> str | None:
     logged = router.decisions.get(decision_id)
-    return logged is not None and logged.status == "open"
+    return None if logged is None else logged.status
 
 
 def _usage(log: Mapping[str, Any]) -> dict[str, Any]:

@@ -143,3 +143,73 @@ def test_a_proxy_config_is_validated_whole(settings: dict[str, Any], tmp_path: P
     }))
     with pytest.raises(ValueError, match="usd_budget"):
         ProxyCallback().validate_proxy_config(str(path))
+
+
+async def test_calls_sharing_one_metadata_dict_are_each_charged(make_strategy: MakeStrategy) -> None:
+    import asyncio
+
+    from router_litellm_support import MOCK_COMPLETION_TOKENS, MOCK_PROMPT_TOKENS
+
+    strategy = make_strategy()
+    shared: dict[str, Any] = {}
+    await asyncio.gather(*(strategy.router.acompletion(model="chat", messages=messages(f"{MATH} variant {i}"),
+                                                       metadata=shared) for i in range(4)))
+    core = strategy.adapter.router("chat")
+    assert core is not None
+
+    def charged() -> float:
+        return sum(spend(core, name)[0]["tokens"] for name in ("big", "small"))
+
+    assert await eventually(lambda: charged() == 4 * (MOCK_PROMPT_TOKENS + MOCK_COMPLETION_TOKENS))
+
+
+async def test_a_success_after_the_proxy_gave_up_is_still_charged(make_adapter: MakeAdapter) -> None:
+    adapter = make_adapter()
+    request: dict[str, Any] = {"metadata": {}}
+    chosen = adapter.choose("chat", model_list()[:2], messages(MATH), request)
+    assert chosen is not None
+    name = chosen["model_info"]["id"]
+    await ProxyCallback(adapter).async_post_call_failure_hook(request, RuntimeError("output guardrail"), None)
+    core = adapter.router("chat")
+    assert core is not None
+    assert spend(core, name) == ({"tokens": 0.0, "usd": 0.0}, {"tokens": 0.0, "usd": 0.0})  # released ...
+    adapter.settle({"litellm_params": request, "standard_logging_object": {
+        "model_id": name, "prompt_tokens": 7, "completion_tokens": 3}}, success=True)
+    assert spend(core, name)[0]["tokens"] == 10  # ... but the answer's usage, reported after, is charged
+
+
+def test_a_success_event_without_a_deployment_charges_rather_than_releases(make_adapter: MakeAdapter) -> None:
+    adapter = make_adapter()
+    request: dict[str, Any] = {"metadata": {}}
+    chosen = adapter.choose("chat", model_list()[:2], messages(MATH), request)
+    assert chosen is not None
+    adapter.settle({"litellm_params": request, "standard_logging_object": {"prompt_tokens": 7,
+                                                                           "completion_tokens": 3}}, success=True)
+    core = adapter.router("chat")
+    assert core is not None
+    assert spend(core, chosen["model_info"]["id"])[0]["tokens"] == 10
+
+
+def test_n_choices_are_held_n_times_and_bad_n_is_a_bad_request(make_adapter: MakeAdapter) -> None:
+    adapter = make_adapter()
+    request: dict[str, Any] = {"metadata": {}, "max_tokens": 10, "n": 20}
+    chosen = adapter.choose("chat", model_list()[:2], messages(MATH), request)
+    assert chosen is not None
+    core = adapter.router("chat")
+    assert core is not None
+    held = spend(core, chosen["model_info"]["id"])[1]["tokens"]
+    assert held == request["metadata"]["llm_router"]["prompt_tokens"] + 20 * 10
+    with pytest.raises(litellm.BadRequestError, match="n"):
+        adapter.choose("chat", model_list()[:2], messages(MATH), {"n": 0})
+
+
+def test_tool_schemas_count_toward_the_prompt(make_adapter: MakeAdapter) -> None:
+    adapter = make_adapter()
+    tool = {"type": "function", "function": {"name": "lookup", "description": "look things up " * 50,
+                                             "parameters": {"type": "object", "properties": {}}}}
+    bare: dict[str, Any] = {"metadata": {}}
+    with_tools: dict[str, Any] = {"metadata": {}, "tools": [tool] * 5}
+    adapter.choose("chat", model_list()[:2], messages(MATH), bare)
+    adapter.choose("chat", model_list()[:2], messages(MATH), with_tools)
+    tokens = [r["metadata"]["llm_router"]["prompt_tokens"] for r in (bare, with_tools)]
+    assert tokens[1] > tokens[0] + 500
