@@ -41,7 +41,9 @@ class Reservation:
         window: the budget window the hold counts in (see :func:`window_index`).
         amounts: unit → amount held.
         limits: unit → the deployment's limit per window (units without a limit are not checked).
-        expires_at: epoch seconds after which the hold stops counting.
+        expires_at: epoch seconds after which the hold is charged (its outcome never came).
+        required: unit → what must be left under the limit for the hold to be granted (default: ``amounts``); more
+            than ``amounts`` keeps a margin against a call that uses more than its hold.
     """
 
     decision_id: str
@@ -50,6 +52,7 @@ class Reservation:
     amounts: Mapping[str, float]
     limits: Mapping[str, float]
     expires_at: float
+    required: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class BudgetLedger(Protocol):
         ...
 
     def try_reserve(self, reservation: Reservation, now: float | None = None) -> bool:
-        """Hold ``reservation.amounts`` if every limited unit still covers it; False (nothing held) otherwise."""
+        """Hold ``reservation.amounts`` if every limited unit still covers ``required``; False (nothing held) else."""
         ...
 
     def settle(self, decision_id: str, actual: Mapping[str, float], now: float | None = None) -> Settlement | None:
@@ -247,7 +250,7 @@ class SQLiteLedger:
         return spent, {"tokens": float(tokens), "usd": float(usd)}
 
     def try_reserve(self, reservation: Reservation, now: float | None = None) -> bool:
-        """Hold the reservation's amounts if every limited unit covers them (atomic check-and-hold).
+        """Hold the reservation's amounts if every limited unit covers its required headroom (atomic check-and-hold).
 
         Args:
             reservation: what to hold, where, and the limits to respect.
@@ -260,14 +263,17 @@ class SQLiteLedger:
             ValueError: an amount is negative or a unit is unknown.
         """
         now = time.time() if now is None else now
-        for unit, amount in reservation.amounts.items():
-            if unit not in UNITS or amount < 0 or not math.isfinite(amount):
-                raise ValueError(f"amounts: {unit}={amount} must be a known unit with a finite, non-negative amount")
+        required = reservation.amounts if reservation.required is None else reservation.required
+        for name, amounts in (("amounts", reservation.amounts), ("required", required)):
+            for unit, amount in amounts.items():
+                if unit not in UNITS or amount < 0 or not math.isfinite(amount):
+                    raise ValueError(f"{name}: {unit}={amount} must be a known unit with a finite, non-negative amount")
         with self._tx() as db:
             self._expire(db, now)
             spent, held = self._totals(db, reservation.deployment, reservation.window)
             for unit, limit in reservation.limits.items():
-                if spent[unit] + held[unit] + reservation.amounts.get(unit, 0.0) > limit:
+                need = max(required.get(unit, 0.0), reservation.amounts.get(unit, 0.0))
+                if spent[unit] + held[unit] + need > limit:
                     return False
             db.execute(
                 "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, 'held')",

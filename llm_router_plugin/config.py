@@ -147,11 +147,12 @@ class RouterConfig(BaseModel):
         reservation_timeout_s: a reservation whose outcome is never recorded (its process crashed mid-call) is
             charged at its reserved amount after this many seconds: the call may have happened. A late record
             replaces that charge by the actual usage; a late failure refunds it.
-        reserve_margin: what is estimated is held with this margin: the completion's high side (the most
-            completion tokens a neighbour used) and, when the caller did not count them, the prompt's tokens. A
-            counted prompt is held exactly and a request's ``max_tokens`` caps the completion part. The reservation
-            is replaced by the actual usage when recorded. On the RouterBench benchmark (12 runs, head embeddings)
-            0.5 let one call cost more than its hold and the budget it had left, 1.0 none, for 1.2% less quality.
+        reserve_margin: headroom kept for what is estimated. A call reserves its prompt and the high side of its
+            completion (the most completion tokens a neighbour used, capped by the request's ``max_tokens``); it is
+            admitted only if its deployment's budget has that much left plus this margin on the completion, and on
+            the prompt when the caller did not count its tokens. The reservation is replaced by the actual usage when
+            recorded. On the RouterBench benchmark (12 runs, head embeddings) 0.5 admitted one call that then cost
+            more than the budget it had left, 1.0 none, for 1.2% less quality.
         store_prompts: keep query texts in history and the decision log (off: embeddings only).
         learn_online: add every recorded outcome to history, so estimates improve with traffic.
         estimator: neighbour and estimate settings.

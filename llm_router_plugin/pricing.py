@@ -163,12 +163,15 @@ def usage_estimate(
     price: Price | None, prompt_tokens: int, prompt_counted: bool, completion: float, completion_high: float,
     margin: float, max_tokens: int | None, choices: int = 1,
 ) -> dict[str, float]:
-    """One query's estimated usage on a deployment, and what to hold for it.
+    """One query's estimated usage on a deployment, what to hold for it, and the headroom it needs.
 
-    The estimate (``tokens``, ``usd``) drives the choice; the hold (``tokens_hold``, ``usd_hold``) is what the budget
-    reserves until the call's actual usage is recorded. The margin covers what is estimated: the completion (its
-    high side, what the costliest neighbour used) and the prompt when nobody counted its tokens. A counted prompt is
-    held exactly, and ``max_tokens`` caps the completion, because the call cannot exceed either.
+    The estimate (``tokens``, ``usd``) drives the choice. The hold (``tokens_hold``, ``usd_hold``) is what the budget
+    reserves until the call's actual usage is recorded: the prompt and the high side of the completion (what the
+    costliest neighbour used). The headroom (``tokens_need``, ``usd_need``) is what the budget must have left for the
+    call to be admitted: the hold with the margin on what is estimated (the completion, and the prompt when nobody
+    counted its tokens). Concurrent calls thus reserve no more than they are likely to use, while a budget's last
+    calls keep a margin against a call that costs more than its neighbours. ``max_tokens`` caps the completion in all
+    three, since the call cannot exceed it.
 
     Args:
         price: the deployment's price (``None``: USD is not estimated).
@@ -176,21 +179,25 @@ def usage_estimate(
         prompt_counted: whether ``prompt_tokens`` was counted by a tokenizer (else it is an estimate).
         completion: estimated completion tokens.
         completion_high: the high side of the completion estimate.
-        margin: the reserve margin (0.5 = hold 50% above the high side).
+        margin: the headroom margin (1.0 = the budget must have twice the estimated part left).
         max_tokens: the request's completion limit per choice, if any.
         choices: completions the request asks for (OpenAI's ``n``): each is billed.
 
     Returns:
-        ``tokens``, ``usd``, ``tokens_hold``, ``usd_hold``.
+        ``tokens``, ``usd``, ``tokens_hold``, ``usd_hold``, ``tokens_need``, ``usd_need``.
     """
-    completion_hold = max(completion_high, completion) * (1.0 + margin)
+    completion_hold = max(completion_high, completion)
+    completion_need = completion_hold * (1.0 + margin)
     if max_tokens is not None:
-        completion, completion_hold = min(completion, max_tokens), min(completion_hold, max_tokens)
-    completion, completion_hold = completion * choices, completion_hold * choices
-    prompt_hold = prompt_tokens if prompt_counted else prompt_tokens * (1.0 + margin)
+        completion, completion_hold, completion_need = (min(c, max_tokens)
+                                                        for c in (completion, completion_hold, completion_need))
+    completion, completion_hold, completion_need = (c * choices for c in (completion, completion_hold, completion_need))
+    prompt_need = prompt_tokens if prompt_counted else prompt_tokens * (1.0 + margin)
     return {
         "tokens": prompt_tokens + completion,
         "usd": price.cost(prompt_tokens, completion) if price else 0.0,
-        "tokens_hold": prompt_hold + completion_hold,
-        "usd_hold": price.cost(prompt_hold, completion_hold) if price else 0.0,
+        "tokens_hold": prompt_tokens + completion_hold,
+        "usd_hold": price.cost(prompt_tokens, completion_hold) if price else 0.0,
+        "tokens_need": prompt_need + completion_need,
+        "usd_need": price.cost(prompt_need, completion_need) if price else 0.0,
     }

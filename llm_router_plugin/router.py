@@ -348,7 +348,7 @@ class Router:
         self._maybe_solve(now)
         remaining = self._remaining(now)
         allowed = request.allowed
-        affordable = [i for i in allowed if self._covers(remaining[i], self._held(usage[i]))]
+        affordable = [i for i in allowed if self._covers(remaining[i], self._needed(usage[i]))]
         phase: Phase = "learned" if self._learned else "warmup"
         pace = self._pace(remaining, now) if phase == "warmup" else None
         score = self._scores(quality, usage, pace)
@@ -411,6 +411,11 @@ class Router:
         """What to reserve for an estimate (see :func:`~llm_router_plugin.pricing.usage_estimate`)."""
         return {u: max(0.0, usage[f"{u}_hold"]) for u in UNITS}
 
+    @staticmethod
+    def _needed(usage: dict[str, float]) -> dict[str, float]:
+        """The headroom a budget must have left to admit an estimate (the hold and the margin)."""
+        return {u: max(0.0, usage[f"{u}_need"]) for u in UNITS}
+
     def _budget_share(self, usage: list[dict[str, float]]) -> np.ndarray:
         """Per deployment, the largest fraction of one of its budgets this query would use (0 if unlimited)."""
         share = np.zeros(len(self._deployments))
@@ -466,6 +471,7 @@ class Router:
                 window=self._window(deployment, now),
                 amounts=self._held(usage),
                 limits=deployment.budget_limits() if enforce else {},
+                required=self._needed(usage),
                 expires_at=now + self.config.reservation_timeout_s,
             ),
             now,

@@ -154,3 +154,18 @@ def test_processes_starting_together_share_one_new_ledger(tmp_path: Path) -> Non
     assert not failed
     assert len({ledger.anchor for ledger in opened}) == 1
     assert {p.name for p in tmp_path.iterdir()} <= {path.name, f"{path.name}-wal", f"{path.name}-shm"}  # no drafts
+
+
+def test_a_hold_may_require_more_headroom_than_it_reserves(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "l.db")
+
+    def hold_needing(decision_id: str, tokens: float, required: float) -> bool:
+        return ledger.try_reserve(Reservation(decision_id, "d", 0, {"tokens": tokens, "usd": 0.0}, {"tokens": 100.0},
+                                              1e12, {"tokens": required}), 0.0)
+
+    assert hold_needing("a", 40, 80)
+    assert ledger.usage("d", 0, 0.0)[1]["tokens"] == 40  # only the hold is reserved
+    assert not hold_needing("b", 40, 80)  # 40 held + 80 needed > 100
+    assert hold_needing("c", 40, 60)
+    with pytest.raises(ValueError, match="required"):
+        hold_needing("d", 1, -1)

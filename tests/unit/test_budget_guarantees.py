@@ -175,12 +175,25 @@ def test_max_tokens_caps_the_completion_part_of_the_hold(make_router: RouterFact
     assert capped.reserved["usd"] == pytest.approx((100 * 10.0 + 10 * 30.0) / 1e6)
 
 
-def test_a_counted_prompt_is_held_exactly_an_estimated_one_with_the_margin(make_router: RouterFactory) -> None:
-    router = make_router(deployments=PRICED, reserve_margin=0.5)
-    counted = router.route(topic_prompt("code", 1), prompt_tokens=1000, deployments=["small"])
-    assert counted.reserved["tokens"] == pytest.approx(1000)  # small answers code with 0 completion tokens
-    guessed = router.route("code " * 4000, deployments=["small"])
-    assert guessed.reserved["tokens"] == pytest.approx(1.5 * guessed.prompt_tokens)
+def test_admission_needs_headroom_for_the_margin_on_what_is_estimated(make_router: RouterFactory) -> None:
+    # small answers code with 0 completion tokens: a query's cost on it is its prompt alone.
+    router = make_router(deployments=[{"name": "small", "model": "small-model", "token_budget": 1400}],
+                         reserve_margin=0.5)
+    guessed = "code " * 800  # about 1000 tokens at four characters a token: 1500 with the margin, more than 1400
+    with pytest.raises(BudgetExhaustedError):
+        router.route(guessed)
+    counted = router.route(guessed, prompt_tokens=1000)  # counted: no margin needed on the prompt
+    assert counted.reserved["tokens"] == pytest.approx(1000)
+
+
+def test_a_hold_reserves_the_high_side_and_admits_with_the_margin(make_router: RouterFactory) -> None:
+    # big's neighbours answered with 900 tokens: it holds 900 for the answer but needs 900 x 2 left to admit a call.
+    router = make_router(deployments=[{"name": "big", "model": "big-model", "token_budget": 2500}],
+                         reserve_margin=1.0)
+    first = router.route(topic_prompt("math", 1), prompt_tokens=100)
+    assert first.reserved["tokens"] == pytest.approx(1000)
+    with pytest.raises(BudgetExhaustedError):  # 1500 left after the first hold: less than 100 + 1800
+        router.route(topic_prompt("math", 2), prompt_tokens=100)
 
 
 # ------------------------------------------------------------------------------------------ expiry
