@@ -8,6 +8,7 @@ one top-k query returns everything the estimator needs.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llm_router_plugin._files import private_dir
 from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.exact_index import ExactIndex
+
+_log = logging.getLogger("llm_router_plugin")
 
 #: Outcome fields, in the order of the last axis of :attr:`Neighbours.outcomes`.
 FIELDS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
@@ -313,7 +316,11 @@ class ChromaHistory:
                 self._exact = None
             return None
         if index is None or len(index) != total:
-            index = self._load_exact(total)
+            try:
+                index = self._load_exact(total)
+            except Exception as exc:  # e.g. another process writing the embedded store meanwhile: HNSW answers
+                _log.warning("exact history index not loaded (%s); using Chroma's index for this query", exc)
+                return None
         with self._lock:
             self._exact, self._exact_checked = index, now
         return index

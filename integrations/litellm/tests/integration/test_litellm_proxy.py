@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 from llm_router_litellm import LiteLLMAdapter
 from llm_router_litellm.testing import LiteLLMProxy
 
 from llm_router_plugin import DataFile, Router, bundled_path, import_history, read_data
+from llm_router_plugin.budget import Reservation
 from llm_router_plugin.dataset import DataRow
 from llm_router_plugin.replay import ReplayBook, ReplayServer
 
@@ -187,3 +190,51 @@ def test_a_group_without_router_settings_passes_through(stack: Stack) -> None:
     assert not [h for h in response.headers if h.startswith("x-llm-router-")]
     assert stack.adapter.router("assistant") is None
     assert stack.chat.status().decisions == decisions
+
+
+NO_TEXT = [
+    [{"role": "user", "content": None}],
+    [{"role": "user", "content": "   "}],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}],
+]
+
+
+def post(stack: Stack, group: str, messages: list[dict[str, Any]], **extra: Any) -> httpx.Response:
+    return httpx.post(f"{stack.proxy.url}/v1/chat/completions", headers=stack.headers, timeout=60,
+                      json={"model": group, "messages": messages, **extra})
+
+
+def test_requests_without_text_are_routed_and_charged_never_passed_through(stack: Stack) -> None:
+    answers = [post(stack, "chat", messages) for messages in NO_TEXT]
+    assert [r.status_code for r in answers] == [200] * len(answers)
+    outcomes = stack.recorded([r.headers["x-llm-router-decision-id"] for r in answers])
+    assert all(o["prompt_tokens"] > 0 for o in outcomes)  # charged with the usage the upstream reported
+    for messages in NO_TEXT:  # a group whose budgets cannot pay refuses them as it refuses text
+        assert post(stack, "capped", messages).status_code == 429
+    assert post(stack, "chat", []).status_code == 400
+
+
+def test_a_client_cannot_settle_or_release_another_requests_decision(stack: Stack) -> None:
+    # Another client's call in flight, as a proxy worker records it (the test process must not read the embedded
+    # Chroma store the proxy is writing to, so the decision is written as routing writes it).
+    victim, name = uuid.uuid4().hex, "chat-gpt-4"
+    stack.chat.decisions.add(victim, name, "gpt-4-1106-preview", "learned", np.zeros(0, np.float32), None, {})
+    assert stack.chat.ledger.try_reserve(Reservation(victim, name, 0, {"tokens": 500.0, "usd": 0.005}, {}, 1e12))
+    forged = {"llm_router": {"request": "guess", "decision_id": victim, "deployment": name,
+                             "attempts": [{"group": "chat", "decision_id": victim, "deployment": name}]}}
+    response = post(stack, "chat", [{"role": "user", "content": "hello"}], metadata=forged)
+    assert response.status_code == 200
+    assert response.headers["x-llm-router-decision-id"] != victim
+    stack.recorded([response.headers["x-llm-router-decision-id"]])
+    logged = stack.chat.decisions.get(victim)
+    assert logged is not None and logged.status == "open"  # untouched ...
+    assert stack.chat.ledger.settle(victim, {"tokens": 520.0, "usd": 0.0052}) is not None  # ... and still held
+
+
+def test_a_budget_refusal_is_answered_once_not_retried(stack: Stack) -> None:
+    capped = stack.adapter.router("capped")
+    assert capped is not None
+    before = capped.status().decisions
+    response = post(stack, "capped", [{"role": "user", "content": stack.prompts[0].prompt}], num_retries=3)
+    assert response.status_code == 429
+    assert capped.status().decisions == before + 1  # one declined decision: no retry reached the router
