@@ -51,9 +51,8 @@ class Estimates:
         completion_tokens: estimated completion tokens.
         cost_usd: estimated cost in USD (NaN where history has no cost).
         support: how many neighbours had a quality outcome for the profile.
-        completion_tokens_high: the most completion tokens a neighbour recorded (at least the estimate).
-        cost_usd_high: the highest cost a neighbour recorded (at least the estimate): what a reservation holds so
-            that a call costing more than average still fits its budget.
+        completion_tokens_high: the most completion tokens a neighbour recorded (at least the estimate): what a
+            reservation holds for the answer, so that a call answering at more than average length still fits.
     """
 
     profiles: tuple[str, ...]
@@ -63,7 +62,6 @@ class Estimates:
     cost_usd: np.ndarray
     support: np.ndarray
     completion_tokens_high: np.ndarray
-    cost_usd_high: np.ndarray
 
 
 def neighbour_weights(similarity: np.ndarray, config: EstimatorConfig) -> np.ndarray:
@@ -129,7 +127,6 @@ def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig) 
         cost_usd=estimate[:, :, _COST],
         support=near[:, :, :, _QUALITY].sum(axis=1),
         completion_tokens_high=high[:, :, _COMPLETION],
-        cost_usd_high=high[:, :, _COST],
     )
 
 
@@ -196,5 +193,5 @@ class KnnEstimator:
             profiles=tuple(profiles), quality=np.clip(prior[:, :, _QUALITY], 0.0, 1.0),
             prompt_tokens=prior[:, :, _PROMPT], completion_tokens=prior[:, :, _COMPLETION],
             cost_usd=prior[:, :, _COST], support=np.zeros(prior.shape[:2], dtype=int),
-            completion_tokens_high=prior[:, :, _COMPLETION], cost_usd_high=prior[:, :, _COST],
+            completion_tokens_high=prior[:, :, _COMPLETION],
         )

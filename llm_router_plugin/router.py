@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -172,19 +173,16 @@ class _Budget:
         self.limit = limit
 
 
+@dataclass(frozen=True, slots=True)
 class _Request:
     """A validated query, before anything is written: its text (``""``: none), prompt tokens and limits."""
 
-    __slots__ = ("allowed", "choices", "counted", "max_tokens", "prompt_tokens", "text")
-
-    def __init__(self, text: str, prompt_tokens: int, counted: bool, max_tokens: int | None, choices: int,
-                 allowed: list[int]) -> None:
-        self.text = text
-        self.prompt_tokens = prompt_tokens
-        self.counted = counted
-        self.max_tokens = max_tokens
-        self.choices = choices
-        self.allowed = allowed
+    text: str
+    prompt_tokens: int
+    counted: bool
+    max_tokens: int | None
+    choices: int
+    allowed: list[int]
 
 
 class Router:
