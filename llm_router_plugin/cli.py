@@ -17,7 +17,10 @@ from llm_router_plugin.dataset import bundled_path, import_history, read_data
 from llm_router_plugin.embedding import Keep, make_embedder
 from llm_router_plugin.errors import RouterError
 from llm_router_plugin.history import ChromaHistory
+from llm_router_plugin.onboarding import onboard as onboard_model
+from llm_router_plugin.onboarding import read_results
 from llm_router_plugin.pricing import read_prices
+from llm_router_plugin.profiles import ProfileSet, default_profile_set
 from llm_router_plugin.router import Decision, Router, RouterStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Budget-aware per-query LLM routing.")
@@ -77,6 +80,42 @@ def import_command(
 
 
 @app.command()
+def onboard(
+    model: Annotated[str, typer.Argument(help="The model name the deployments use (their `model`).")],
+    results: Annotated[Path, typer.Argument(help="Its answers on the profile set (what `profile run` writes).")],
+    config: ConfigOption = None,
+    profile: Annotated[
+        Path | None, typer.Option(help="The profile set the answers are on (default: the config's).")
+    ] = None,
+) -> None:
+    """Import a model's outcomes on the profile set into history, so the router can estimate it (idempotent)."""
+    cfg = load_config(config)
+    profile_set = load_profile_set(profile or cfg.profile_set)
+    parsed = read_results(results, profile_set, model)
+    if parsed.errors:
+        first = "; ".join(f"line {line}: {why}" for line, why in list(parsed.errors.items())[:5])
+        more = f" (+{len(parsed.errors) - 5} more)" if len(parsed.errors) > 5 else ""
+        typer.echo(f"error: {results}: {len(parsed.errors)} invalid row(s), nothing onboarded — {first}{more}",
+                   err=True)
+        raise typer.Exit(2)
+    history = ChromaHistory.from_config(cfg)
+    embedder = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep)
+    report = onboard_model(model, parsed, history, embedder, cfg.store_prompts)
+    typer.echo(f"onboarded {model}: {report.updated + report.added} profile outcome(s) ({report.scored} scored; "
+               f"{report.updated} merged into existing records, {report.added} new), {report.skipped} failed "
+               f"call(s) skipped; history now {history.count()} records")
+    if report.scored == 0:
+        typer.echo("note: no answer has a quality score, so quality estimates stay at the prior", err=True)
+    if model not in {d.model for d in cfg.deployments}:
+        typer.echo(f"note: no deployment in the config serves model {model!r} yet", err=True)
+
+
+def load_profile_set(path: Path | None) -> ProfileSet:
+    """The profile set at ``path``, else the shipped one."""
+    return ProfileSet.load(path) if path else default_profile_set()
+
+
+@app.command()
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Show budgets, spend, reservations, dual weights, phase and history size."""
     snapshot = Router(load_config(config)).status()
@@ -106,7 +145,9 @@ def bench(
     data: Annotated[
         Path | None, typer.Argument(help="Data file, unified schema (default: shipped RouterBench sample)")
     ] = None,
-    seeds: Annotated[str, typer.Option(help="Comma-separated split seeds.")] = "42,1,2",
+    seeds: Annotated[
+        str | None, typer.Option(help="Comma-separated split seeds (default 42,1,2; with --unseen 42,1,2,3,4).")
+    ] = None,
     splits: Annotated[str, typer.Option(help="Comma-separated budget splits.")] = "weighted,uniform,cost,perf",
     k: Annotated[int, typer.Option("--k", min=1, help="Neighbours of the k-NN estimates.")] = 5,
     budget: Annotated[
@@ -133,24 +174,46 @@ def bench(
                           "does, as the protocol's reference numbers) or tail (the router's default)."),
     ] = "head",
     cache_dir: Annotated[Path, typer.Option(help="Embedding cache folder.")] = Path(".llm-router/cache"),
+    unseen: Annotated[
+        float | None, typer.Option(help="Run the unseen-model protocol instead: this share of the models is known "
+                                        "only by its profile answers (e.g. 0.33).")
+    ] = None,
+    profile_size: Annotated[int, typer.Option(min=1, help="Prompts in each trial's profile set.")] = 200,
+    clusters: Annotated[int, typer.Option(min=1, help="K-means clusters of the profile set.")] = 16,
 ) -> None:
     """Benchmark the router against the protocol's baselines, PORT and the offline optima (see the README)."""
     from llm_router_plugin.bench import protocol, report, runner
     from llm_router_plugin.bench.cache import EmbeddingCache
 
-    options = runner.BenchOptions(
-        seeds=protocol.parse_seeds(seeds),
-        splits=tuple(protocol.parse_list(splits, protocol.SPLITS, "--splits")),
-        k=k, multiplier=budget,
-        policies=tuple(protocol.parse_list(policies, tuple(runner.POLICIES), "--policies")) if policies
-        else runner.DEFAULT_POLICIES,
-        plot_multipliers=runner.PLOT_MULTIPLIERS if plot else (),
-    )
     source = read_data(data or bundled_path())
     if prices is None and data is None:
         prices = bundled_path("routerbench_prices.json")  # the list prices the shipped sample's costs came from
     problem = protocol.build_problem(source, read_prices(prices) if prices else None)
     typer.echo(problem.cost_note)
+    if unseen is not None:
+        from llm_router_plugin.bench.unseen import UnseenOptions, run_unseen
+
+        unseen_options = UnseenOptions(
+            seeds=protocol.parse_seeds(seeds or "42,1,2,3,4"),
+            splits=tuple(protocol.parse_list(splits, protocol.SPLITS, "--splits")), fraction=unseen,
+            profile_size=profile_size, clusters=clusters, k=k, multiplier=budget,
+        )
+        unseen_result = run_unseen(problem, make_embedder(embedder, threads, keep), unseen_options,
+                                   EmbeddingCache(cache_dir))
+        typer.echo(report.unseen_table(unseen_result))
+        typer.echo(f"wall time {unseen_result.seconds:.0f} s")
+        if json_out:
+            report.write_unseen_json(unseen_result, json_out)
+            typer.echo(f"wrote {json_out}")
+        return
+    options = runner.BenchOptions(
+        seeds=protocol.parse_seeds(seeds or "42,1,2"),
+        splits=tuple(protocol.parse_list(splits, protocol.SPLITS, "--splits")),
+        k=k, multiplier=budget,
+        policies=tuple(protocol.parse_list(policies, tuple(runner.POLICIES), "--policies")) if policies
+        else runner.DEFAULT_POLICIES,
+        plot_multipliers=runner.PLOT_MULTIPLIERS if plot else (), profile_size=profile_size, clusters=clusters,
+    )
     result = runner.run_benchmark(problem, make_embedder(embedder, threads, keep), options,
                                   EmbeddingCache(cache_dir))
     if per_run:
@@ -211,6 +274,11 @@ def format_status(snapshot: RouterStatus) -> str:
             )
     if snapshot.solve_notes:
         lines += ["", *snapshot.solve_notes]
+    if snapshot.unknown_models:
+        lines.append("")
+        lines += [f"no history for model {model}: it is routed on the prior quality until onboarded — run "
+                  f"llm-router profile run --model {model} …, then llm-router onboard {model} RESULTS"
+                  for model in snapshot.unknown_models]
     return "\n".join(lines)
 
 

@@ -107,6 +107,8 @@ class EstimatorConfig(BaseModel):
         tie_break: weight t of a deterministic per-(query, profile) offset u ∈ [0, 1): quality (1 − t)·d̂ + t·u, so
             that queries with identical neighbours get distinct estimates (0 = off).
         default_completion_tokens: completion-token prior for a model that history has no token counts for.
+        cluster_shrinkage: pseudo-records of a model's overall mean added to each cluster's outcomes, so that a
+            cluster where an onboarded model answered few profile prompts leans on its overall profile mean.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -119,6 +121,7 @@ class EstimatorConfig(BaseModel):
     shrinkage: float = Field(default=0.0, ge=0)
     tie_break: float = Field(default=1e-3, ge=0, le=0.1)
     default_completion_tokens: int = Field(default=256, ge=0)
+    cluster_shrinkage: float = Field(default=3.0, ge=0)
 
 
 class RouterConfig(BaseModel):
@@ -155,6 +158,10 @@ class RouterConfig(BaseModel):
             more than the budget it had left, 1.0 none, for 1.2% less quality.
         store_prompts: keep query texts in history and the decision log (off: embeddings only).
         learn_online: add every recorded outcome to history, so estimates improve with traffic.
+        exploration: share of queries sent to an affordable deployment whose model history holds no quality for
+            (not onboarded, no feedback yet), so that it gets traffic to learn from; charged to its budget. 0 = off.
+        profile_set: the profile set (``llm-router profile build``) whose cluster centres describe models that few
+            neighbours know (models onboarded from profile answers); ``None`` = the one shipped with the package.
         estimator: neighbour and estimate settings.
     """
 
@@ -178,6 +185,8 @@ class RouterConfig(BaseModel):
     reserve_margin: float = Field(default=1.0, ge=0)
     store_prompts: bool = False
     learn_online: bool = True
+    exploration: float = Field(default=0.02, ge=0, le=1)
+    profile_set: Path | None = None
     estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)
 
     @field_validator("deployments")

@@ -6,6 +6,14 @@ quality score never crowds out the records that have one. That mean is shrunk to
 pool (the query's region), which steadies it when the k nearest are few or noisy. A profile with no neighbour
 outcome falls back to its mean over all history, and then to the configured prior.
 
+A model that few of the k nearest records know (a model onboarded from a profile set, UniRoute) is estimated from
+its per-cluster means instead: the history is split into the K clusters of a profile set's centres, and the model's
+mean outcome over the records of the query's cluster, shrunk toward its overall mean by ``cluster_shrinkage``
+pseudo-records, stands for the query. The two estimates are blended per query and profile by the share of the k
+nearest scored records that carry the model's quality: a model every neighbour knows is estimated by its neighbours
+alone, an onboarded model by its cluster means, and as traffic with feedback adds its outcomes near a query the
+estimate moves from the one to the other. Without centres the whole history is one cluster (the model's overall mean).
+
 Queries whose neighbours are the same get the same estimates, and the dual rule would then serve all or none of
 them. A tiny deterministic offset per (query, profile) makes their quality estimates distinct, so that the learned
 price splits such a group the way the LP's fractional solution does.
@@ -37,6 +45,22 @@ class NeighbourSource(Protocol):
 
     def profile_means(self, profiles: list[str]) -> np.ndarray:
         """Each profile's mean outcome over all history, shape ``(len(profiles), len(FIELDS))``."""
+        ...
+
+    def cluster_stats(self, centres: np.ndarray, profiles: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Sums and counts of each profile's outcomes per cluster, each of shape ``(K, len(profiles), len(FIELDS))``."""
+        ...
+
+
+class Estimator(Protocol):
+    """What the router needs from an estimator (:class:`KnnEstimator`, or a replacement)."""
+
+    def estimate(self, embeddings: np.ndarray, profiles: list[str]) -> Estimates:
+        """Estimate every profile's outcome for a batch of query embeddings."""
+        ...
+
+    def estimate_without_text(self, profiles: list[str]) -> Estimates:
+        """Estimates for one query without text to look neighbours up with."""
         ...
 
 
@@ -85,17 +109,42 @@ def _prior(means: np.ndarray, config: EstimatorConfig) -> np.ndarray:
     return prior
 
 
-def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig) -> Estimates:
+def cluster_values(sums: np.ndarray, counts: np.ndarray, means: np.ndarray, config: EstimatorConfig) -> np.ndarray:
+    """Each cluster's mean outcome per profile, shrunk toward the profile's overall mean (then the priors).
+
+    Args:
+        sums: outcome sums per cluster, shape ``(K, len(profiles), len(FIELDS))``.
+        counts: outcome counts, same shape.
+        means: each profile's overall mean outcome, shape ``(len(profiles), len(FIELDS))``.
+        config: ``cluster_shrinkage`` and the priors.
+
+    Returns:
+        Shape ``(K, len(profiles), len(FIELDS))``; NaN where neither the cluster nor the priors know a field.
+    """
+    prior = _prior(means, config)[None]
+    known = ~np.isnan(prior)
+    weight = config.cluster_shrinkage * known
+    total = counts + weight
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = (sums + weight * np.nan_to_num(prior)) / total
+    return np.where(total > 0, values, np.broadcast_to(prior, values.shape))
+
+
+def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig,
+            cluster: np.ndarray | None = None) -> Estimates:
     """Turn neighbours into estimates (weighted means, shrunk toward the region and ``means``, with fallbacks).
 
     Each field of each profile is estimated from the ``k`` nearest neighbours that recorded it (neighbours must come
     nearest first); the remaining neighbours that recorded it form the query's region, whose plain mean counts as
-    ``region_weight`` pseudo-observations, and the global mean counts as ``shrinkage`` more.
+    ``region_weight`` pseudo-observations, and the global mean counts as ``shrinkage`` more. With ``cluster``, that
+    estimate is blended with the cluster's by :func:`knn_share`.
 
     Args:
         neighbours: the queries' nearest records, nearest first.
         means: each profile's global mean outcome, shape ``(len(profiles), len(FIELDS))``.
         config: k, weighting, region weight, shrinkage and priors.
+        cluster: each query's cluster estimate, shape ``(n, len(profiles), len(FIELDS))`` (see
+            :func:`cluster_values`); ``None`` = neighbours only.
 
     Returns:
         The estimates for every query and profile.
@@ -118,6 +167,8 @@ def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig) 
     with np.errstate(invalid="ignore", divide="ignore"):
         estimate = (value_sum + region_weight * region_mean + shrink * np.nan_to_num(prior)[None]) / total
     estimate = np.where(total > 0, estimate, prior[None])
+    if cluster is not None:
+        estimate = _blend(estimate, cluster, knn_share(has[:, :, :, _QUALITY], config.k))
     high = np.fmax(estimate, np.max(np.where(has, values, -np.inf), axis=1))
     return Estimates(
         profiles=neighbours.profiles,
@@ -128,6 +179,31 @@ def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig) 
         support=near[:, :, :, _QUALITY].sum(axis=1),
         completion_tokens_high=high[:, :, _COMPLETION],
     )
+
+
+def knn_share(has_quality: np.ndarray, k: int) -> np.ndarray:
+    """Per query and profile, the share of the k nearest scored records that carry the profile's quality.
+
+    A record that carries no quality for any profile (traffic recorded without a score) says nothing about which
+    model is better and is skipped; a query with no scored neighbour gets 0.
+
+    Args:
+        has_quality: whether each neighbour carries each profile's quality, shape ``(n, pool, len(profiles))``.
+        k: neighbours counted.
+
+    Returns:
+        Shape ``(n, len(profiles))``, in [0, 1].
+    """
+    scored = has_quality.any(axis=2)
+    nearest = scored & (np.cumsum(scored, axis=1) <= k)
+    return np.asarray((has_quality & nearest[:, :, None]).sum(axis=1) / np.maximum(1, nearest.sum(axis=1))[:, None])
+
+
+def _blend(knn: np.ndarray, cluster: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """``share``·kNN + (1 − ``share``)·cluster, field by field (either alone where the other is unknown)."""
+    share = share[:, :, None]
+    blended = share * np.nan_to_num(knn) + (1.0 - share) * np.nan_to_num(cluster)
+    return np.where(np.isnan(cluster), knn, np.where(np.isnan(knn), cluster, blended))
 
 
 def tie_offsets(embeddings: np.ndarray, profiles: list[str]) -> np.ndarray:
@@ -146,11 +222,15 @@ class KnnEstimator:
     Args:
         history: the store to read neighbours from.
         config: k, weighting, shrinkage and priors.
+        centres: normalised cluster centres of a profile set, shape ``(K, dimension)``, for the models few
+            neighbours know; ``None`` = one cluster (the whole history).
     """
 
-    def __init__(self, history: NeighbourSource, config: EstimatorConfig | None = None) -> None:
+    def __init__(self, history: NeighbourSource, config: EstimatorConfig | None = None,
+                 centres: np.ndarray | None = None) -> None:
         self._history = history
         self._config = config or EstimatorConfig()
+        self._centres = None if centres is None else np.asarray(centres, dtype=np.float32)
 
     @property
     def config(self) -> EstimatorConfig:
@@ -170,12 +250,21 @@ class KnnEstimator:
         embeddings = np.atleast_2d(embeddings)
         read = max(self._config.k, self._config.pool)
         neighbours = self._history.neighbours(embeddings, read, profiles)
-        estimates = combine(neighbours, self._history.profile_means(profiles), self._config)
+        means = self._history.profile_means(profiles)
+        estimates = combine(neighbours, means, self._config, self._cluster_estimates(embeddings, profiles, means))
         if self._config.tie_break <= 0:
             return estimates
         # (1 − t)·d̂ + t·u stays in [0, 1] and keeps the order of estimates that differ by more than t.
         t = self._config.tie_break
         return replace(estimates, quality=(1.0 - t) * estimates.quality + t * tie_offsets(embeddings, profiles))
+
+    def _cluster_estimates(self, embeddings: np.ndarray, profiles: list[str], means: np.ndarray) -> np.ndarray:
+        """Each query's cluster value, shape ``(n, len(profiles), len(FIELDS))``."""
+        if self._centres is None:
+            return np.broadcast_to(_prior(means, self._config)[None], (len(embeddings), *means.shape))
+        sums, counts = self._history.cluster_stats(self._centres, profiles)
+        values = cluster_values(sums, counts, means, self._config)
+        return values[np.argmax(np.asarray(embeddings, dtype=np.float32) @ self._centres.T, axis=1)]
 
     def estimate_without_text(self, profiles: list[str]) -> Estimates:
         """Estimates for one query that has no text to look neighbours up with (an image, a file, an empty turn).

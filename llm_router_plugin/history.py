@@ -182,6 +182,7 @@ class ChromaHistory:
         self._exact_max = exact_search_max
         self._exact: ExactIndex | None = None
         self._exact_checked = -math.inf
+        self._clusters: _ClusterStats | None = None
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> ChromaHistory:
@@ -220,11 +221,15 @@ class ChromaHistory:
             )
             with self._lock:
                 if replaced:
-                    self._stats = None  # replaced values cannot be subtracted cheaply: rescan on next use
-                elif self._stats is not None:
-                    for meta in metadatas:
-                        self._stats.add(meta, +1)
-                    self._stats.records += len(batch)
+                    # Replaced values cannot be subtracted cheaply: rescan on next use.
+                    self._stats = self._clusters = None
+                else:
+                    if self._stats is not None:
+                        for meta in metadatas:
+                            self._stats.add(meta, +1)
+                        self._stats.records += len(batch)
+                    if self._clusters is not None:
+                        self._clusters.add(np.asarray([r.embedding for r in batch]), metadatas, +1)
                 if self._exact is not None:
                     self._exact.upsert([r.id for r in batch], np.asarray([r.embedding for r in batch]), metadatas)
 
@@ -242,18 +247,22 @@ class ChromaHistory:
         Raises:
             KeyError: no record has that id.
         """
-        got = self._collection.get(ids=[record_id], include=["metadatas"])
+        got = self._collection.get(ids=[record_id], include=["metadatas", "embeddings"])
         if not got["ids"]:
             raise KeyError(f"record_id: no history record {record_id!r}")
         new = outcome.metadata(profile)
         old = {k: v for k, v in ((got["metadatas"] or [{}])[0] or {}).items() if k in new}
         self._collection.update(ids=[record_id], metadatas=[new])
+        vector = np.asarray(got["embeddings"], dtype=np.float32).reshape(1, -1)
         with self._lock:
             if self._exact is not None:
                 self._exact.merge_metadata(record_id, new)
             if self._stats is not None:
                 self._stats.add(old, -1)
                 self._stats.add(new, +1)
+            if self._clusters is not None:
+                self._clusters.add(vector, [old], -1)
+                self._clusters.add(vector, [new], +1)
 
     def neighbours(self, embeddings: np.ndarray, k: int, profiles: Sequence[str]) -> Neighbours:
         """The ``k`` nearest records of each query embedding, with the outcomes of ``profiles``.
@@ -348,6 +357,32 @@ class ChromaHistory:
         """Every profile that has at least one outcome in the store."""
         return sorted(self._cached_stats().sums)
 
+    def cluster_stats(self, centres: np.ndarray, profiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Sums and counts of every profile's outcomes per cluster (each record in the cluster of its nearest centre).
+
+        Scanned once per set of centres, then kept up to date as records are added through this object.
+
+        Args:
+            centres: normalised cluster centres, shape ``(K, dimension)``.
+            profiles: the profiles.
+
+        Returns:
+            ``(sums, counts)``, each of shape ``(K, len(profiles), len(FIELDS))``.
+        """
+        centres = np.asarray(centres, dtype=np.float32)
+        with self._lock:
+            clusters = self._clusters
+        if clusters is None or not clusters.matches(centres):
+            clusters = _ClusterStats(centres)
+            for offset in range(0, self.count(), _CHROMA_MAX_BATCH):
+                page = self._collection.get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH,
+                                            offset=offset)
+                vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
+                clusters.add(vectors, page["metadatas"] or [None] * len(page["ids"]), +1)
+            with self._lock:
+                self._clusters = clusters
+        return clusters.arrays(profiles)
+
     def _cached_stats(self) -> _Stats:
         with self._lock:
             stats = self._stats
@@ -392,6 +427,33 @@ class _Stats:
             return np.full(len(FIELDS), np.nan)
         counts = self.counts[profile]
         return np.where(counts > 0, self.sums[profile] / np.maximum(counts, 1), np.nan)
+
+
+class _ClusterStats:
+    """One :class:`_Stats` per cluster of a set of centres."""
+
+    def __init__(self, centres: np.ndarray) -> None:
+        self.centres = centres
+        self.stats = [_Stats() for _ in range(len(centres))]
+
+    def matches(self, centres: np.ndarray) -> bool:
+        return self.centres.shape == centres.shape and bool(np.array_equal(self.centres, centres))
+
+    def add(self, vectors: np.ndarray, metadatas: Sequence[Mapping[str, Any] | None], sign: int) -> None:
+        if not len(vectors):
+            return
+        labels = np.argmax(np.asarray(vectors, dtype=np.float32) @ self.centres.T, axis=1)
+        for label, meta in zip(labels, metadatas, strict=True):
+            self.stats[int(label)].add(meta or {}, sign)
+
+    def arrays(self, profiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        sums = np.zeros((len(self.stats), len(profiles), len(FIELDS)))
+        counts = np.zeros_like(sums)
+        for c, stats in enumerate(self.stats):
+            for p, profile in enumerate(profiles):
+                if profile in stats.sums:
+                    sums[c, p], counts[c, p] = stats.sums[profile], stats.counts[profile]
+        return sums, counts
 
 
 _FIELD_OF_PREFIX = {prefix: FIELDS.index(name) for name, prefix in _PREFIX.items()}

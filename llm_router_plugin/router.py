@@ -42,12 +42,13 @@ from llm_router_plugin.duals import (
 )
 from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, make_embedder, query_text
 from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, UnknownDecisionError
-from llm_router_plugin.estimator import Estimates, KnnEstimator
-from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
+from llm_router_plugin.estimator import PRIOR_QUALITY, Estimates, Estimator, KnnEstimator
+from llm_router_plugin.history import FIELDS, ChromaHistory, HistoryRecord, ModelOutcome
 from llm_router_plugin.pricing import resolve_prices, usage_estimate
+from llm_router_plugin.profiles import ProfileSet, default_profile_set
 from llm_router_plugin.validation import optional_amount, optional_token_count, score, token_count
 
-Phase = Literal["warmup", "learned", "fallback"]
+Phase = Literal["warmup", "learned", "explore", "fallback"]
 
 #: Decisions the dual LP is solved on at most (the most recent ones).
 MAX_SAMPLE = 4000
@@ -90,7 +91,8 @@ class Decision(BaseModel):
         id: pass it to ``record`` and ``feedback``.
         deployment: the chosen deployment.
         model: its model profile.
-        phase: ``"warmup"`` (budget-paced greedy), ``"learned"`` (dual weights) or ``"fallback"``.
+        phase: ``"warmup"`` (budget-paced greedy), ``"learned"`` (dual weights), ``"explore"`` (the exploration share
+            sent to a deployment whose model history has no quality for) or ``"fallback"``.
         reason: one human-readable sentence.
         prompt_tokens: prompt tokens counted (or estimated) for the query.
         reserved: unit → amount reserved on the chosen deployment.
@@ -148,6 +150,8 @@ class RouterStatus(BaseModel):
         history_size: records in the history store.
         mu: quality multiplier (quality-target mode).
         solve_notes: what the last solve reported (e.g. an unreachable quality target).
+        unknown_models: models of deployments that history holds no quality for: they are routed on the prior until
+            onboarded (``llm-router profile run``, then ``llm-router onboard``) or scored by feedback.
         deployments: per-deployment budget state.
     """
 
@@ -158,6 +162,7 @@ class RouterStatus(BaseModel):
     history_size: int
     mu: float
     solve_notes: list[str]
+    unknown_models: list[str]
     deployments: list[DeploymentStatus]
 
 
@@ -194,6 +199,8 @@ class Router:
         history: overrides the Chroma store the config names.
         ledger: overrides the SQLite ledger in ``config.data_dir``.
         decisions: overrides the decision log in ``config.data_dir``.
+        profile_set: overrides the profile set the config names.
+        estimator: overrides the k-NN estimator built from the history and the profile set's centres.
         clock: epoch-seconds clock (tests and replays pass their own).
 
     Example:
@@ -210,6 +217,8 @@ class Router:
         history: ChromaHistory | None = None,
         ledger: BudgetLedger | None = None,
         decisions: DecisionLog | None = None,
+        profile_set: ProfileSet | None = None,
+        estimator: Estimator | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -220,7 +229,10 @@ class Router:
         self.history = history or ChromaHistory.from_config(config)
         self.ledger: BudgetLedger = ledger or SQLiteLedger(data_dir / "ledger.sqlite3")
         self.decisions = decisions or DecisionLog(data_dir / "ledger.sqlite3")
-        self.estimator = KnnEstimator(self.history, config.estimator)
+        if profile_set is None:
+            profile_set = ProfileSet.load(config.profile_set) if config.profile_set else default_profile_set()
+        self.profile_set = profile_set.for_embedder(self.embedder)
+        self.estimator: Estimator = estimator or KnnEstimator(self.history, config.estimator, self.profile_set.centres)
         self._clock = clock
         self._deployments = list(config.deployments)
         self._profiles = config.profiles
@@ -350,11 +362,14 @@ class Router:
         phase: Phase = "learned" if self._learned else "warmup"
         pace = self._pace(remaining, now) if phase == "warmup" else None
         score = self._scores(quality, usage, pace)
+        explore = self._explore(affordable)
+        if explore is not None:
+            affordable, phase = [explore], "explore"
         if pace is not None:
             # Before any price is learned, prefer deployments within the pace (budget left per query still
             # expected); warm-up queries are real users, so when none is within pace the best affordable one serves.
             affordable = [i for i in affordable if all(usage[i][u] <= pace[i][u] for u in pace[i])] or affordable
-        elif self.config.mode == "max_quality":
+        elif phase == "learned" and self.config.mode == "max_quality":
             # As in the LP, serve a query only where its estimated quality covers the price λ·ĝ of the budget it
             # would use (score ≥ 0); below that, the budget is worth more to the queries still expected.
             valued = [i for i in affordable if score[i] >= 0]
@@ -373,6 +388,22 @@ class Router:
                 return decision
             affordable.remove(best)  # another request took the budget between the check and the hold
         return self._fallback(request, embedding, quality, usage, score, remaining, now, priced_out=priced_out)
+
+    def _explore(self, affordable: list[int]) -> int | None:
+        """Every ⌈1 / exploration⌉-th decision, an affordable deployment whose model has no quality in history.
+
+        A model nothing is known about learns only from traffic, so a small share goes to it, budget permitting.
+        The schedule is by decision count, not chance, so a replay decides the same way every time.
+        """
+        if self.config.exploration <= 0:
+            return None
+        unknown = set(self.unknown_models())
+        candidates = [i for i in affordable if self._deployments[i].model in unknown]
+        period = math.ceil(1.0 / self.config.exploration)
+        count = self.decisions.count() + 1
+        if not candidates or count % period:
+            return None
+        return candidates[(count // period) % len(candidates)]
 
     def _fallback(
         self, request: _Request, embedding: np.ndarray, quality: np.ndarray, usage: list[dict[str, float]],
@@ -620,6 +651,9 @@ class Router:
         reason = self._reason(phase, chosen_dep, quality[chosen], score[chosen], len(affordable))
         if not request.text:
             reason = f"no text to route on, so every model is estimated by its mean over history; {reason}"
+        if chosen_dep.model in self.unknown_models():
+            reason += (f"; history has no quality for model {chosen_dep.model}, so it is estimated at the prior "
+                       f"{PRIOR_QUALITY} (onboard it: llm-router profile run, then llm-router onboard)")
         return Decision(
             id=decision_id, deployment=chosen_dep.name, model=chosen_dep.model, phase=phase, reason=reason,
             prompt_tokens=request.prompt_tokens, reserved=self._held(usage[chosen]),
@@ -630,6 +664,9 @@ class Router:
         return {d.name: {"quality": float(quality[i]), **usage[i]} for i, d in enumerate(self._deployments)}
 
     def _reason(self, phase: Phase, deployment: DeploymentConfig, quality: float, score: float, n: int) -> str:
+        if phase == "explore":
+            return (f"exploration ({self.config.exploration:.0%} of queries): {deployment.name} serves a model history "
+                    f"has no quality for, so that traffic and feedback can teach the router about it")
         if phase == "fallback":
             return (f"no deployment could afford the query (or was worth its budget for it); sent to fallback "
                     f"{deployment.name} (budget not enforced)")
@@ -790,8 +827,13 @@ class Router:
             phase="learned" if self._learned else "warmup", mode=self.config.mode, decisions=self.decisions.count(),
             next_solve_at=int(self._state.get("next_solve_at", self.config.warmup_queries)),
             history_size=self.history.count(), mu=float(self._state.get("mu", 0.0)),
-            solve_notes=list(self._state.get("notes", [])), deployments=rows,
+            solve_notes=list(self._state.get("notes", [])), unknown_models=self.unknown_models(), deployments=rows,
         )
+
+    def unknown_models(self) -> list[str]:
+        """The deployments' models that history holds no quality score for (routed on the prior quality)."""
+        quality = self.history.profile_means(self._profiles)[:, FIELDS.index("quality")]
+        return [p for p, q in zip(self._profiles, quality, strict=True) if np.isnan(q)]
 
     async def astatus(self) -> RouterStatus:
         """Async :meth:`status`."""

@@ -73,6 +73,30 @@ class ExactHistory:
         sums = np.where(present, values, 0.0).sum(axis=0)
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
+    def cluster_stats(self, centres: np.ndarray, profiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Sums and counts of each profile's outcomes per cluster, each ``(K, len(profiles), len(FIELDS))``."""
+        label = np.argmax(self._embeddings @ np.asarray(centres, dtype=np.float32).T, axis=1)
+        values = self._outcomes[:, self._columns(profiles)]
+        present = ~np.isnan(values)
+        sums = np.zeros((len(centres), *values.shape[1:]))
+        counts = np.zeros_like(sums)
+        np.add.at(sums, label, np.where(present, values, 0.0))
+        np.add.at(counts, label, present.astype(float))
+        return sums, counts
+
+    def subset(self, rows: np.ndarray) -> ExactHistory:
+        """The history of these rows only."""
+        out = self._outcomes[rows]
+        return ExactHistory(self._embeddings[rows], out[:, :, _QUALITY], out[:, :, _COST], self._models,
+                            out[:, :, _PROMPT], out[:, :, _COMPLETION])
+
+    def forget(self, models: Sequence[str], keep: np.ndarray) -> ExactHistory:
+        """A copy in which ``models`` have outcomes only on the rows ``keep`` (a boolean mask): unseen models."""
+        out = self._outcomes.copy()
+        out[np.ix_(~np.asarray(keep, dtype=bool), np.asarray(self._columns(models)))] = np.nan
+        return ExactHistory(self._embeddings, out[:, :, _QUALITY], out[:, :, _COST], self._models,
+                            out[:, :, _PROMPT], out[:, :, _COMPLETION])
+
     def records(self, ids: Sequence[str]) -> list[HistoryRecord]:
         """The rows as history records (quality and cost per model), to load a Chroma store with.
 

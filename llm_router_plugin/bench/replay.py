@@ -18,8 +18,10 @@ import numpy as np
 from llm_router_plugin.bench.harness import NO_MODEL, Harness, RunResult
 from llm_router_plugin.config import DeploymentConfig, EstimatorConfig, RouterConfig
 from llm_router_plugin.errors import BudgetExhaustedError
+from llm_router_plugin.estimator import Estimator
 from llm_router_plugin.history import ChromaHistory
 from llm_router_plugin.pricing import Price
+from llm_router_plugin.profiles import ProfileSet
 from llm_router_plugin.router import Router
 
 #: Error recorded for a decision the harness refused (its true cost did not fit the budget).
@@ -189,7 +191,8 @@ def replay(router: Router, stream: Stream, harness: Harness, feedback: bool = Fa
 
 def run_router(folder: Path, history: ChromaHistory, embedder: CachedEmbedder, models: Sequence[str],
                budgets: np.ndarray, stream: Stream, settings: RouterSettings,
-               prices: Mapping[str, Price] | None = None) -> RunResult:
+               prices: Mapping[str, Price] | None = None, profile_set: ProfileSet | None = None,
+               estimator: Estimator | None = None) -> RunResult:
     """Build a fresh router for one run and replay the test stream through it.
 
     Args:
@@ -201,12 +204,15 @@ def run_router(folder: Path, history: ChromaHistory, embedder: CachedEmbedder, m
         stream: the test stream and its true outcomes.
         settings: how to configure the router.
         prices: the models' prices (see :func:`router_config`).
+        profile_set: the profile set built from the history split (``None``: the shipped one).
+        estimator: a replacement estimator reading ``history`` (a baseline's); ``None`` = the router's own.
 
     Returns:
         The run's result.
     """
     clock = _Clock()
     config = router_config(folder, models, budgets, len(stream.prompts), settings, prices)
-    router = Router(config, embedder=embedder, history=history, clock=clock)
+    router = Router(config, embedder=embedder, history=history, clock=clock, profile_set=profile_set,
+                    estimator=estimator)
     harness = Harness(stream.quality, stream.cost, budgets)
     return replay(router, stream, harness, settings.feedback, clock.tick)

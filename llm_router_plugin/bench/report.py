@@ -11,6 +11,7 @@ import numpy as np
 
 from llm_router_plugin.bench.harness import RunResult
 from llm_router_plugin.bench.runner import BASELINES, C_HAT_OPT, C_OPT, OPTIMA, POLICIES, BenchResult, Run
+from llm_router_plugin.bench.unseen import UNSEEN_POLICIES, UnseenResult
 
 #: Columns of every table: key → (header, format).
 COLUMNS = {
@@ -207,3 +208,85 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------- unseen models
+
+def unseen_summary(result: UnseenResult) -> dict[str, dict[str, float]]:
+    """Per policy of the unseen-model protocol: means over every (trial, split) and the worst trial's ratio.
+
+    ``vs_full`` is the quality ÷ ours-full of the same run, averaged; ``worst_trial_vs_full`` the lowest trial
+    mean of that ratio; ``deferral_area`` the mean normalised area under the unbudgeted deferral curve.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for policy in UNSEEN_POLICIES:
+        per_trial = []
+        rows = []
+        for trial in result.trials:
+            ratios = []
+            for runs in trial.results.values():
+                full, mine, c_opt = runs["ours-full"].quality, runs[policy], runs["c_opt"].quality
+                ratios.append(mine.quality / full if full > 0 else float("nan"))
+                rows.append((mine.quality, float(mine.served), mine.quality / c_opt if c_opt > 0 else float("nan"),
+                             mine.overspend_usd))
+            per_trial.append(float(np.mean(ratios)))
+        quality, served, vs_c_opt, over = (np.array(col) for col in zip(*rows, strict=True))
+        out[policy] = {
+            "quality": float(quality.mean()), "served": float(served.mean()), "vs_full": float(np.mean(per_trial)),
+            "worst_trial_vs_full": float(np.min(per_trial)), "vs_c_opt": float(vs_c_opt.mean()),
+            "overspend_usd": float(over.max()),
+            "deferral_area": float(np.mean([t.areas[policy] for t in result.trials])),
+        }
+    return out
+
+
+def unseen_table(result: UnseenResult) -> str:
+    """The unseen-model table, with a line on what ran."""
+    options = result.options
+    problem = result.problem
+    unseen = "; ".join(f"{t.seed}: {', '.join(t.unseen)}" for t in result.trials)
+    lines = [
+        f"UNSEEN MODELS: {len(result.trials)} trials (seeds {','.join(map(str, options.seeds))}) × splits "
+        f"{','.join(options.splits)}, {options.fraction:.2g} of the models unseen, profile set of "
+        f"{options.profile_size} prompts in {options.clusters} clusters, budget ×{options.multiplier:g}, "
+        f"k={options.k}, embedder {result.embedder}",
+        f"data {problem.source.name}: {problem.size} complete rows, {len(problem.models)} models; "
+        f"{problem.cost_note}",
+        f"unseen per trial — {unseen}",
+    ]
+    header = (f"{'policy':<52}{'quality':>9}{'÷ full':>8}{'worst trial':>12}{'served':>8}{'÷ C_opt':>8}"
+              f"{'overspend $':>12}{'deferral AUC':>13}")
+    lines += [header, "-" * len(header)]
+    for policy, row in unseen_summary(result).items():
+        lines.append(f"{UNSEEN_POLICIES[policy]:<52}{row['quality']:>9.1f}{row['vs_full']:>8.3f}"
+                     f"{row['worst_trial_vs_full']:>12.3f}{row['served']:>8.0f}{row['vs_c_opt']:>8.3f}"
+                     f"{row['overspend_usd']:>12.5f}{row['deferral_area']:>13.4f}")
+    return "\n".join(lines)
+
+
+def unseen_json(result: UnseenResult) -> dict[str, Any]:
+    """Everything the unseen-model benchmark measured, JSON-ready."""
+    options = result.options
+    return {
+        "data": {"path": str(result.problem.source), "rows": result.problem.size,
+                 "models": list(result.problem.models), "cost_note": result.problem.cost_note},
+        "options": {"seeds": list(options.seeds), "splits": list(options.splits), "fraction": options.fraction,
+                    "profile_size": options.profile_size, "clusters": options.clusters, "k": options.k,
+                    "budget_multiplier": options.multiplier, "embedder": result.embedder,
+                    "router_estimator": options.router.estimator.model_dump()},
+        "labels": dict(UNSEEN_POLICIES),
+        "mean": unseen_summary(result),
+        "trials": [{
+            "seed": t.seed, "unseen": list(t.unseen), "profile_size": t.profile_size, "deferral_area": t.areas,
+            "deferral_curves": t.curves,
+            "runs": {split: {p: r.to_dict() for p, r in runs.items()} for split, runs in t.results.items()},
+        } for t in result.trials],
+        "wall_seconds": result.seconds,
+    }
+
+
+def write_unseen_json(result: UnseenResult, path: str | Path) -> None:
+    """Write :func:`unseen_json` to ``path`` (folders created)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(unseen_json(result), indent=2, default=_finite), encoding="utf-8")

@@ -34,6 +34,7 @@ from llm_router_plugin.bench.protocol import SPLITS, Problem, Split, budgets, sp
 from llm_router_plugin.bench.replay import CachedEmbedder, RouterSettings, Stream, run_router
 from llm_router_plugin.embedding import Embedder
 from llm_router_plugin.history import ChromaHistory
+from llm_router_plugin.profiles import ProfileSet, build_profile_set
 
 #: Policy ids (for ``--policies``) → display names, in table order. ``ours-feedback`` is an opt-in variant.
 POLICIES = {
@@ -68,6 +69,8 @@ class BenchOptions:
         policies: policy ids, a subset of :data:`POLICIES`.
         router: how our router is configured (its estimator's ``k`` is replaced by ``k``).
         plot_multipliers: budget multipliers to sweep on the first seed for the plot (empty: no sweep).
+        profile_size: prompts in the profile set built from each history split (N).
+        clusters: its K-means clusters (K).
     """
 
     seeds: tuple[int, ...] = (42, 1, 2)
@@ -77,6 +80,8 @@ class BenchOptions:
     policies: tuple[str, ...] = DEFAULT_POLICIES
     router: RouterSettings = field(default_factory=RouterSettings)
     plot_multipliers: tuple[float, ...] = ()
+    profile_size: int = 200
+    clusters: int = 16
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -91,6 +96,8 @@ class BenchOptions:
             raise ValueError(f"k: must be at least 1, got {self.k}")
         if self.multiplier <= 0 or any(m <= 0 for m in self.plot_multipliers):
             raise ValueError("budget: budget multipliers must be positive")
+        if self.profile_size < 1 or self.clusters < 1:
+            raise ValueError(f"profile_size/clusters: must be at least 1, got {self.profile_size}/{self.clusters}")
 
 
 @dataclass(frozen=True)
@@ -161,14 +168,20 @@ def scratch_folder() -> Iterator[Path]:
 class _SeedContext:
     """What every run of one seed shares: the split, the history stores and the baselines' estimates."""
 
-    def __init__(self, problem: Problem, vectors: np.ndarray, split: Split, k: int, folder: Path) -> None:
+    def __init__(self, problem: Problem, vectors: np.ndarray, split: Split, options: BenchOptions, folder: Path,
+                 embedder: str) -> None:
         self.problem = problem
         self.split = split
         self.folder = folder
-        h, t = split.history, split.test
+        h, t, k = split.history, split.test, options.k
         self.exact = ExactHistory(vectors[h], problem.quality[h], problem.cost[h], problem.models,
                                   problem.prompt_tokens[h], problem.completion_tokens[h])
-        self.records = self.exact.records([f"h{seed_row}" for seed_row in h])
+        self.ids = [f"h{seed_row}" for seed_row in h]
+        self.records = self.exact.records(self.ids)
+        self.profile: ProfileSet = build_profile_set(
+            self.ids, vectors[h], [problem.prompts[i] for i in h], [None] * len(h), embedding_model=embedder,
+            size=min(options.profile_size, len(h)), clusters=min(options.clusters, len(h)), seed=split.seed,
+        )
         # The protocol's baselines read approximate neighbours (Chroma's HNSW), as PORT does.
         self.approx_store = self.new_store("ann", approximate=True)
         plain = plain_config(k)
@@ -211,7 +224,7 @@ def _run(ctx: _SeedContext, options: BenchOptions, embedder: CachedEmbedder, spl
             start = time.perf_counter()
             results[name] = run_router(folder, store, embedder, ctx.problem.models, limits, ctx.stream,
                                        _router_settings(options, feedback=name == "ours-feedback"),
-                                       ctx.problem.prices)
+                                       ctx.problem.prices, ctx.profile)
         seconds[name] = time.perf_counter() - start
     c_opt = offline_optimum(q, c, limits, q, c)
     c_hat = offline_optimum(ctx.exact_estimates.quality, ctx.exact_estimates.cost, limits, q, c)
@@ -254,7 +267,8 @@ def run_benchmark(problem: Problem, embedder: Embedder, options: BenchOptions, c
     with scratch_folder() as folder, tqdm(total=len(jobs), desc="benchmark runs", unit="run",
                                           disable=not progress) as bar:
         for seed in options.seeds:
-            ctx = _SeedContext(problem, vectors, split_rows(problem.size, seed), options.k, folder / f"seed-{seed}")
+            ctx = _SeedContext(problem, vectors, split_rows(problem.size, seed), options, folder / f"seed-{seed}",
+                               cached.name)
             for job_seed, split, multiplier in jobs:
                 if job_seed != seed:
                     continue

@@ -1,0 +1,59 @@
+"""A deployment whose model history knows nothing: a stated prior, a flag in status, and an exploration share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llm_router_plugin import Router
+from llm_router_plugin.cli import format_status
+from tests.conftest import topic_prompt
+
+DEPLOYMENTS = [
+    {"name": "big", "model": "big-model", "token_budget": 200_000},
+    {"name": "small", "model": "small-model", "token_budget": 200_000},
+    {"name": "fresh", "model": "fresh-model", "token_budget": 200_000},
+]
+
+
+def _router(make_router: Callable[..., Router], **overrides: Any) -> Router:
+    return make_router(deployments=DEPLOYMENTS, **overrides)
+
+
+def test_status_flags_a_model_without_history(make_router: Callable[..., Router]) -> None:
+    router = _router(make_router)
+    snapshot = router.status()
+    assert snapshot.unknown_models == ["fresh-model"]
+    assert "no history for model fresh-model" in format_status(snapshot)
+    assert "llm-router onboard fresh-model" in format_status(snapshot)
+
+
+def test_a_decision_for_an_unknown_model_says_it_is_the_prior(make_router: Callable[..., Router]) -> None:
+    router = _router(make_router, exploration=0)
+    decision = router.route(topic_prompt("chat", 1), deployments=["fresh"])
+    assert decision.deployment == "fresh"
+    assert "history has no quality for model fresh-model" in decision.reason and "prior 0.5" in decision.reason
+    known = router.route(topic_prompt("math", 1), deployments=["big"])
+    assert "prior" not in known.reason
+
+
+def test_every_nth_decision_explores_the_unknown_model_and_is_charged(make_router: Callable[..., Router]) -> None:
+    router = _router(make_router, exploration=0.1)
+    decisions = [router.route(topic_prompt("math", i % 20)) for i in range(30)]
+    explored = [i for i, d in enumerate(decisions) if d.phase == "explore"]
+    assert explored == [9, 19, 29]  # every tenth decision
+    assert all(decisions[i].deployment == "fresh" and "exploration" in decisions[i].reason for i in explored)
+    held = router.status().deployments[2].reserved["tokens"]
+    assert held == sum(d.reserved["tokens"] for d in decisions if d.deployment == "fresh")
+    assert all(decisions[i].reserved["tokens"] > 0 for i in explored)
+
+
+def test_no_exploration_once_the_model_has_a_score_or_when_off(make_router: Callable[..., Router]) -> None:
+    off = _router(make_router, exploration=0)
+    assert all(off.route(topic_prompt("math", i)).phase != "explore" for i in range(20))
+
+    router = _router(make_router, exploration=0.1)
+    decision = router.route(topic_prompt("chat", 1), deployments=["fresh"])
+    router.record(decision.id, 100, 50, quality=0.9)  # its first scored outcome: the model is known now
+    assert router.status().unknown_models == []
+    assert all(router.route(topic_prompt("math", i)).phase != "explore" for i in range(20))
