@@ -1,4 +1,5 @@
-"""The ``llm-router`` command line: import history, inspect the router, route a query, run the benchmark.
+"""The ``llm-router`` command line: import history, inspect the router, route a query, run the benchmark, profile a
+model.
 
 The config comes from ``--config``, else ``$LLM_ROUTER_CONFIG``, else ``./router.yaml``, else the shipped default
 (the 11 models of the RouterBench sample).
@@ -7,6 +8,7 @@ The config comes from ``--config``, else ``$LLM_ROUTER_CONFIG``, else ``./router
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -19,9 +21,10 @@ from llm_router_plugin.errors import RouterError
 from llm_router_plugin.history import ChromaHistory
 from llm_router_plugin.onboarding import onboard as onboard_model
 from llm_router_plugin.onboarding import read_results
-from llm_router_plugin.pricing import read_prices
-from llm_router_plugin.profiles import ProfileSet, default_profile_set
+from llm_router_plugin.pricing import Price, read_prices
+from llm_router_plugin.profiles import ProfileSet, build_profile_set, default_profile_set
 from llm_router_plugin.router import Decision, Router, RouterStatus
+from llm_router_plugin.validation import amount
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Budget-aware per-query LLM routing.")
 
@@ -77,42 +80,6 @@ def import_command(
     missing = [d.model for d in cfg.deployments if d.model not in report.models]
     if missing:
         typer.echo(f"note: this file has no outcomes for profiles {missing}", err=True)
-
-
-@app.command()
-def onboard(
-    model: Annotated[str, typer.Argument(help="The model name the deployments use (their `model`).")],
-    results: Annotated[Path, typer.Argument(help="Its answers on the profile set (what `profile run` writes).")],
-    config: ConfigOption = None,
-    profile: Annotated[
-        Path | None, typer.Option(help="The profile set the answers are on (default: the config's).")
-    ] = None,
-) -> None:
-    """Import a model's outcomes on the profile set into history, so the router can estimate it (idempotent)."""
-    cfg = load_config(config)
-    profile_set = load_profile_set(profile or cfg.profile_set)
-    parsed = read_results(results, profile_set, model)
-    if parsed.errors:
-        first = "; ".join(f"line {line}: {why}" for line, why in list(parsed.errors.items())[:5])
-        more = f" (+{len(parsed.errors) - 5} more)" if len(parsed.errors) > 5 else ""
-        typer.echo(f"error: {results}: {len(parsed.errors)} invalid row(s), nothing onboarded — {first}{more}",
-                   err=True)
-        raise typer.Exit(2)
-    history = ChromaHistory.from_config(cfg)
-    embedder = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep)
-    report = onboard_model(model, parsed, history, embedder, cfg.store_prompts)
-    typer.echo(f"onboarded {model}: {report.updated + report.added} profile outcome(s) ({report.scored} scored; "
-               f"{report.updated} merged into existing records, {report.added} new), {report.skipped} failed "
-               f"call(s) skipped; history now {history.count()} records")
-    if report.scored == 0:
-        typer.echo("note: no answer has a quality score, so quality estimates stay at the prior", err=True)
-    if model not in {d.model for d in cfg.deployments}:
-        typer.echo(f"note: no deployment in the config serves model {model!r} yet", err=True)
-
-
-def load_profile_set(path: Path | None) -> ProfileSet:
-    """The profile set at ``path``, else the shipped one."""
-    return ProfileSet.load(path) if path else default_profile_set()
 
 
 @app.command()
@@ -280,6 +247,180 @@ def format_status(snapshot: RouterStatus) -> str:
                   f"llm-router profile run --model {model} …, then llm-router onboard {model} RESULTS"
                   for model in snapshot.unknown_models]
     return "\n".join(lines)
+
+
+# ---- profile: onboarding a model the history does not know --------------------------------------------------------
+# `profile run` collects a model's answers on a profile set; `profile build` (making a profile set) joins this sub-app.
+
+profile_app = typer.Typer(no_args_is_help=True, help="Profile sets: describe a new model by its answers on them.")
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("run")
+def profile_run_command(
+    base_url: Annotated[str, typer.Option(help="OpenAI-compatible API root, e.g. http://127.0.0.1:4000/v1.")],
+    model: Annotated[str, typer.Option(help="The model (deployment) name to ask.")],
+    out: Annotated[Path, typer.Option(help="Results file (JSONL); rerunning with it resumes.")],
+    profile: Annotated[
+        Path | None, typer.Option(help="Profile set file (default: the config's, else the shipped one).")
+    ] = None,
+    config: ConfigOption = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Calls in flight at once.")] = 4,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Name of the environment variable holding the API key (never the key).")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Completion limit per call.")] = None,
+    scorer: Annotated[
+        str, typer.Option(help="reference (match the prompt's reference answer), judge (an LLM grades 0-10), "
+                               "none, or module:function returning a score in [0, 1] or None.")
+    ] = "reference",
+    judge_model: Annotated[str | None, typer.Option(help="The judge's model name (--scorer judge).")] = None,
+    prices: Annotated[
+        Path | None, typer.Option(help="USD per million tokens per model (JSON); the --model entry prices calls "
+                                       "whose endpoint reports no cost.")
+    ] = None,
+    input_usd_per_mtok: Annotated[float | None, typer.Option(min=0, help="USD per million prompt tokens.")] = None,
+    output_usd_per_mtok: Annotated[
+        float | None, typer.Option(min=0, help="USD per million completion tokens.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts (a trial run).")] = None,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds one call may take.")] = 120.0,
+    retries: Annotated[
+        int, typer.Option(min=0, max=10, help="Further attempts after a 429, 5xx or connection error.")
+    ] = 3,
+) -> None:
+    """Ask a model every profile prompt, score its answers and write one JSON line each (for `llm-router onboard`)."""
+    from llm_router_plugin import profile_run
+
+    try:
+        prompts = load_profile_set(profile or load_config(config).profile_set)
+        if profile is not None and out.resolve() == profile.resolve():
+            raise ValueError("out: must not be the profile set file")
+        price = cli_price(model, prices, input_usd_per_mtok, output_usd_per_mtok)
+        api_key = api_key_from_env(api_key_env)
+        endpoint = profile_run.ChatEndpoint(base_url, api_key=api_key, timeout_s=timeout, retries=retries)
+        if os.getcwd() not in sys.path:  # module:function scorers next to the user's files, as `python -m` finds them
+            sys.path.insert(0, os.getcwd())
+        with endpoint:
+            chosen = profile_run.make_scorer(scorer, endpoint, judge_model)
+            summary = profile_run.run_profile(prompts, out, endpoint, model, scorer=chosen, price=price,
+                                              max_tokens=max_tokens, concurrency=concurrency, limit=limit,
+                                              progress=True)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"answered {summary.answered}, failed {summary.failed}, scored {summary.scored}, skipped "
+               f"{summary.skipped} already answered; cost ${summary.cost_usd:.6f} (known costs); wall time "
+               f"{summary.seconds:.1f} s; results in {summary.out}")
+    if summary.failed:
+        typer.echo(f"error: {summary.failed} call(s) failed, first: {summary.first_error}; rerun the same command "
+                   "to retry them", err=True)
+        raise typer.Exit(1)
+
+
+def cli_price(model: str, prices: Path | None, input_usd: float | None, output_usd: float | None) -> Price | None:
+    """The price of ``model`` from ``--prices`` or from both per-token options; ``None`` if neither is given.
+
+    Raises:
+        ValueError: both ways given, only one side of the price, or the price file has no entry for the model.
+    """
+    sides = (input_usd, output_usd)
+    if prices is not None and sides != (None, None):
+        raise ValueError("prices: give --prices or --input-usd-per-mtok/--output-usd-per-mtok, not both")
+    if prices is not None:
+        table = read_prices(prices)
+        if model not in table:
+            raise ValueError(f"prices: {prices} has no price for model {model!r}")
+        return table[model]
+    if None in sides and sides != (None, None):
+        raise ValueError("input_usd_per_mtok/output_usd_per_mtok: give both (0 for a side that is free)")
+    if input_usd is None or output_usd is None:
+        return None
+    return Price(amount("input_usd_per_mtok", input_usd), amount("output_usd_per_mtok", output_usd))
+
+
+def api_key_from_env(variable: str | None) -> str | None:
+    """The API key held by environment variable ``variable`` (``None`` if no variable is named).
+
+    Raises:
+        ValueError: the variable is not set or empty.
+    """
+    if variable is None:
+        return None
+    key = os.environ.get(variable, "").strip()
+    if not key:
+        raise ValueError(f"api_key_env: environment variable {variable!r} is not set")
+    return key
+
+@app.command()
+def onboard(
+    model: Annotated[str, typer.Argument(help="The model name the deployments use (their `model`).")],
+    results: Annotated[Path, typer.Argument(help="Its answers on the profile set (what `profile run` writes).")],
+    config: ConfigOption = None,
+    profile: Annotated[
+        Path | None, typer.Option(help="The profile set the answers are on (default: the config's).")
+    ] = None,
+) -> None:
+    """Import a model's outcomes on the profile set into history, so the router can estimate it (idempotent)."""
+    cfg = load_config(config)
+    profile_set = load_profile_set(profile or cfg.profile_set)
+    parsed = read_results(results, profile_set, model)
+    if parsed.errors:
+        first = "; ".join(f"line {line}: {why}" for line, why in list(parsed.errors.items())[:5])
+        more = f" (+{len(parsed.errors) - 5} more)" if len(parsed.errors) > 5 else ""
+        typer.echo(f"error: {results}: {len(parsed.errors)} invalid row(s), nothing onboarded — {first}{more}",
+                   err=True)
+        raise typer.Exit(2)
+    history = ChromaHistory.from_config(cfg)
+    embedder = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep)
+    report = onboard_model(model, parsed, history, embedder, cfg.store_prompts)
+    typer.echo(f"onboarded {model}: {report.updated + report.added} profile outcome(s) ({report.scored} scored; "
+               f"{report.updated} merged into existing records, {report.added} new), {report.skipped} failed "
+               f"call(s) skipped; history now {history.count()} records")
+    if report.scored == 0:
+        typer.echo("note: no answer has a quality score, so quality estimates stay at the prior", err=True)
+    if model not in {d.model for d in cfg.deployments}:
+        typer.echo(f"note: no deployment in the config serves model {model!r} yet", err=True)
+
+
+def load_profile_set(path: Path | None) -> ProfileSet:
+    """The profile set at ``path``, else the shipped one."""
+    return ProfileSet.load(path) if path else default_profile_set()
+
+
+@profile_app.command("build")
+def profile_build_command(
+    out: Annotated[Path, typer.Option(help="Where to write the profile set (JSONL).")],
+    config: ConfigOption = None,
+    size: Annotated[int, typer.Option(min=1, help="Prompts in the set (N).")] = 200,
+    clusters: Annotated[int, typer.Option(min=1, help="K-means clusters of the history (K).")] = 16,
+    seed: Annotated[int, typer.Option(help="K-means seed.")] = 0,
+    data: Annotated[
+        Path | None, typer.Option(help="The data file the history was imported from, for prompt texts the store "
+                                       "does not keep (default: the shipped sample).")
+    ] = None,
+) -> None:
+    """Cluster the history in use and pick the profile prompts nearest each centre, in proportion to cluster size."""
+    cfg = load_config(config)
+    history = ChromaHistory.from_config(cfg)
+    ids, vectors, texts, tasks = history.export()
+    if not ids:
+        typer.echo("error: the history is empty; import some first (llm-router import)", err=True)
+        raise typer.Exit(2)
+    if not all(texts):  # the store keeps no texts unless store_prompts is on: take them from the data file
+        rows = {row.record_id: row for row in read_data(data or bundled_path()).rows}
+        texts = [text or (rows[i].prompt if i in rows else None) for i, text in zip(ids, texts, strict=True)]
+        tasks = [task or (rows[i].task if i in rows else None) for i, task in zip(ids, tasks, strict=True)]
+    name = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep).name
+    profile = build_profile_set(ids, vectors, texts, tasks, embedding_model=name, size=size,
+                                clusters=min(clusters, len(ids)), seed=seed)
+    profile.save(out)
+    typer.echo(f"wrote {len(profile.prompts)} profile prompts in {profile.clusters} clusters to {out} (from "
+               f"{len(ids)} history records, {sum(1 for t in texts if t)} with a text); point the router config's "
+               f"profile_set at it")
+
+
+# ---- end of profile -----------------------------------------------------------------------------------------------
 
 
 def main() -> None:

@@ -357,6 +357,23 @@ class ChromaHistory:
         """Every profile that has at least one outcome in the store."""
         return sorted(self._cached_stats().sums)
 
+    def export(self) -> tuple[list[str], np.ndarray, list[str | None], list[str | None]]:
+        """Every record's id, embedding, text and task label (``None`` where the store keeps none), by id."""
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        texts: list[str | None] = []
+        tasks: list[str | None] = []
+        for offset in range(0, self.count(), _CHROMA_MAX_BATCH):
+            page = self._collection.get(include=["embeddings", "documents", "metadatas"], limit=_CHROMA_MAX_BATCH,
+                                        offset=offset)
+            ids += page["ids"]
+            vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
+            texts += page["documents"] or [None] * len(page["ids"])
+            tasks += [(meta or {}).get("task") for meta in page["metadatas"] or [None] * len(page["ids"])]
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
+        return [ids[i] for i in order], matrix[order], [texts[i] for i in order], [tasks[i] for i in order]
+
     def cluster_stats(self, centres: np.ndarray, profiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Sums and counts of every profile's outcomes per cluster (each record in the cluster of its nearest centre).
 

@@ -108,3 +108,29 @@ def test_the_shipped_set_covers_the_shipped_tasks() -> None:
     assert len(profile.prompts) == 200 and profile.clusters == 16
     assert {p.task for p in profile.prompts} == {"arc-challenge", "winogrande", "mbpp"}
     assert profile.embedding_model == "all-MiniLM-L6-v2@tail"
+
+
+def test_the_build_command_profiles_the_history_in_use(tmp_path: Path, embedder: HashingEmbedder) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from llm_router_plugin.cli import app
+
+    data = tmp_path / "data.csv"
+    rows = [f"{topic_prompt(t, i)},{t},,{t}-{i},1" for t in TOPICS for i in range(10)]
+    data.write_text("prompt,eval_name,split,sample_id,some-model\n" + "\n".join(rows) + "\n")
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "d"), "embedding_model": embedder.name,
+                                      "deployments": [{"name": "a", "model": "some-model"}]}))
+    runner = CliRunner()
+    empty = runner.invoke(app, ["profile", "build", "-c", str(config), "--out", str(tmp_path / "p.jsonl")])
+    assert empty.exit_code == 2 and "history is empty" in empty.output
+    assert runner.invoke(app, ["import", str(data), "-c", str(config)]).exit_code == 0
+    # The store keeps no texts (store_prompts is off): they come from the data file the history was imported from.
+    out = tmp_path / "p.jsonl"
+    result = runner.invoke(app, ["profile", "build", "-c", str(config), "--data", str(data), "--size", "6",
+                                 "--clusters", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    profile = ProfileSet.load(out)
+    assert len(profile.prompts) == 6 and profile.clusters == 3 and profile.embedding_model == embedder.name
+    assert {p.task for p in profile.prompts} == set(TOPICS)
