@@ -116,22 +116,45 @@ class DecisionLog:
     def close_decision(self, decision_id: str, status: str, outcome: dict[str, Any], current: str = "open") -> bool:
         """Mark a decision recorded or failed, with its outcome, if its status is still ``current``.
 
+        A quality score already in the decision's outcome (feedback given before the close) is kept when
+        ``outcome`` has none.
+
+        Args:
+            decision_id: the decision.
+            status: ``"recorded"`` or ``"failed"``.
+            outcome: what the call reported; replaces the stored outcome, except for a kept quality score.
+            current: the status the decision must still have.
+
         Returns:
             False if the decision's status was not ``current`` (closed meanwhile, or unknown).
         """
+        text = json.dumps(outcome)
         with self._lock, self._db:
+            # One statement, so that a score merged by another process just before the close is not overwritten.
             cursor = self._db.execute(
-                "UPDATE decisions SET status=?, outcome=? WHERE id=? AND status=?",
-                (status, json.dumps(outcome), decision_id, current),
+                "UPDATE decisions SET status=?, outcome=CASE "
+                "WHEN json_extract(?, '$.quality') IS NULL "
+                "AND (CASE WHEN json_valid(outcome) THEN json_extract(outcome, '$.quality') END) IS NOT NULL "
+                "THEN json_set(?, '$.quality', json_extract(outcome, '$.quality')) ELSE ? END "
+                "WHERE id=? AND status=?",
+                (status, text, text, text, decision_id, current),
             )
             return cursor.rowcount > 0
 
     def merge_outcome(self, decision_id: str, extra: dict[str, Any]) -> None:
-        """Add fields (e.g. feedback quality) to a decision's outcome."""
+        """Add fields (e.g. feedback quality) to a decision's outcome, which may not be written yet.
+
+        Args:
+            decision_id: the decision (an unknown id changes nothing).
+            extra: top-level fields to set (``None`` removes one); the others are kept.
+        """
         with self._lock, self._db:
-            row = self._db.execute("SELECT outcome FROM decisions WHERE id=?", (decision_id,)).fetchone()
-            merged = {**(json.loads(row[0]) if row and row[0] else {}), **extra}
-            self._db.execute("UPDATE decisions SET outcome=? WHERE id=?", (json.dumps(merged), decision_id))
+            # One statement, so that an outcome another process writes meanwhile is merged into, not overwritten.
+            self._db.execute(
+                "UPDATE decisions SET outcome=json_patch(CASE WHEN json_valid(outcome) THEN outcome ELSE '{}' END, ?) "
+                "WHERE id=?",
+                (json.dumps(extra), decision_id),
+            )
 
     def recent_estimates(self, limit: int) -> list[dict[str, dict[str, float]]]:
         """Estimates of the latest ``limit`` decisions (oldest first)."""

@@ -703,7 +703,8 @@ class Router:
             cost_usd: actual cost; ``None`` = the tokens at the deployment's price, else the decision's estimate.
             latency_s: call latency, kept in the decision log.
             error: the error message of a failed call.
-            quality: a quality score in [0, 1] if already known (else use :meth:`feedback` later).
+            quality: a quality score in [0, 1] if already known (else use :meth:`feedback`, before or after this
+                call); ``None`` keeps a score :meth:`feedback` gave before this call.
             ttft_s: time to first token of a streamed call, kept in the decision log.
 
         Returns:
@@ -732,6 +733,8 @@ class Router:
         # after all) is charged. A recorded decision is closed for good.
         if logged.status == "recorded" or (logged.status == "failed" and tokens == 0):
             return None
+        if outcome["quality"] is None:
+            outcome["quality"] = logged.outcome.get("quality")  # feedback that came before this record
         if error is not None and tokens == 0:
             self.ledger.release(decision_id)
             self.decisions.close_decision(decision_id, "failed", outcome)
@@ -750,6 +753,12 @@ class Router:
             settlement = Settlement(logged.deployment, {}, actual, False)
         if error is None and self.config.learn_online and logged.embedding.size:
             self._learn(logged.id, logged.embedding, logged.text, logged.profile, outcome, usd)
+            if quality is None:
+                # Feedback that landed between the read above and the close is in the log, not in what was learned.
+                closed = self.decisions.get(decision_id)
+                late = closed.outcome.get("quality") if closed is not None else None
+                if late is not None and late != outcome["quality"]:
+                    self._learn_quality(decision_id, logged.profile, late)
         return settlement
 
     def _usd_of(self, name: str, estimates: dict[str, dict[str, float]], prompt_tokens: int,
@@ -782,7 +791,11 @@ class Router:
         )
 
     def feedback(self, decision_id: str, quality: float) -> None:
-        """Attach a quality score (e.g. a thumbs-up as 1.0) to a recorded decision's history outcome.
+        """Attach a quality score (e.g. a thumbs-up as 1.0) to a decision's outcome, in the log and in history.
+
+        A score given before the decision is recorded (a client may rate an answer before the call's usage
+        arrives) is kept in the decision log and learned when :meth:`record` closes the decision. A later score
+        replaces an earlier one. A decision routed without text never joins history: its score is kept in the log.
 
         Args:
             decision_id: from :meth:`route`.
@@ -790,17 +803,33 @@ class Router:
 
         Raises:
             UnknownDecisionError: no such decision.
-            ValueError: quality outside [0, 1], or the decision has no recorded outcome yet.
+            ValueError: quality outside [0, 1] (or not a number), or the decision's call failed without an answer
+                to score (the message names the argument; nothing is written).
         """
         quality = score("quality", quality)
         logged = self.decisions.get(decision_id)
         if logged is None:
             raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
-        if logged.status != "recorded":
-            raise ValueError(f"decision_id: decision {decision_id!r} is {logged.status}; record it before feedback")
+        if logged.status == "failed":
+            raise ValueError(f"decision_id: decision {decision_id!r} failed; there is no answer to score")
         self.decisions.merge_outcome(decision_id, {"quality": quality})
-        if self.config.learn_online:
-            self.history.update_outcome(decision_id, logged.profile, ModelOutcome(quality=quality))
+        if not (self.config.learn_online and logged.embedding.size):
+            return
+        if logged.status == "open":
+            # Open: record() learns the score. Unless it closed the decision after the read above: then learn it here.
+            closed = self.decisions.get(decision_id)
+            if closed is None or closed.status != "recorded":
+                return
+        self._learn_quality(decision_id, logged.profile, quality)
+
+    def _learn_quality(self, decision_id: str, profile: str, quality: float) -> None:
+        try:
+            self.history.update_outcome(decision_id, profile, ModelOutcome(quality=quality))
+        except KeyError:
+            # Not in history yet (a record still writing it reads the log's score after) or never (its history
+            # write failed, logged then): the score stays in the decision log.
+            _log.info("no history record for decision %s yet; its quality score is kept in the decision log",
+                      decision_id)
 
     async def afeedback(self, decision_id: str, quality: float) -> None:
         """Async :meth:`feedback`."""

@@ -65,8 +65,21 @@ def score(name: str, value: Any) -> float:
     """A quality score in [0, 1].
 
     Raises:
-        ValueError: ``value`` is not a number in [0, 1] (NaN included).
+        ValueError: ``value`` is not a number in [0, 1] (NaN and integers too large for a float included).
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name}: must be a number in [0, 1], got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: must be a number in [0, 1], got {_shown(value)}")
+    # An int is compared as it is: one beyond the float range (JSON allows one) would overflow float().
+    number = value if isinstance(value, int) else float(value)
+    if not 0 <= number <= 1:
+        raise ValueError(f"{name}: must be a number in [0, 1], got {_shown(value)}")
+    return float(number)
+
+
+def _shown(value: Any) -> str:
+    """``repr`` of a bad value, cut short: it may come from a client and be megabytes long."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python converts to text
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 60 else f"{text[:57]}..."

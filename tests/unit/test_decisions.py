@@ -36,3 +36,27 @@ def test_a_log_written_before_the_counter_is_counted_when_opened(tmp_path: Path)
     add(log, "new", created_at=1.0)
     assert log.count() == 2
     assert log.recent_estimates(1) == [ESTIMATES]  # the latest only
+
+
+def test_closing_keeps_a_score_given_while_the_decision_was_open(tmp_path: Path) -> None:
+    # Feedback may land between record's read of the decision and its close (another thread or proxy worker).
+    log = DecisionLog(tmp_path / "l.db")
+    add(log, "a")
+    add(log, "b")
+    for decision_id in ("a", "b"):
+        log.merge_outcome(decision_id, {"quality": 0.25})
+    assert log.close_decision("a", "recorded", {"prompt_tokens": 3, "quality": None})
+    assert log.close_decision("b", "recorded", {"prompt_tokens": 3, "quality": 0.75})  # a score given to record wins
+    a, b = log.get("a"), log.get("b")
+    assert a is not None and a.outcome == {"prompt_tokens": 3, "quality": 0.25}
+    assert b is not None and b.outcome == {"prompt_tokens": 3, "quality": 0.75}
+
+
+def test_merging_keeps_what_was_recorded(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "l.db")
+    add(log, "a")
+    log.merge_outcome("a", {"quality": 0.5})  # no outcome yet
+    assert log.close_decision("a", "recorded", {"prompt_tokens": 3, "quality": None})
+    log.merge_outcome("a", {"quality": 1.0})
+    logged = log.get("a")
+    assert logged is not None and logged.outcome == {"prompt_tokens": 3, "quality": 1.0}

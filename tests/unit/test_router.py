@@ -248,3 +248,73 @@ def test_a_router_refuses_a_truncated_ledger(make_router: RouterFactory, tmp_pat
     ledger.write_bytes(b"")
     with pytest.raises(LedgerCorruptError, match=f"^{re.escape(str(ledger))}: not a budget ledger "):
         make_router(data_dir=data_dir)
+
+
+def learned_quality(router: Router, decision_id: str, model: str) -> float | None:
+    """The quality history holds for a recorded decision's model (``None``: recorded without one)."""
+    got = router.history._collection.get(ids=[decision_id], include=["metadatas"])
+    metadata = (got["metadatas"] or [{}])[0] or {}
+    value = metadata.get(f"q|{model}")
+    return None if value is None else float(value)
+
+
+def estimated_quality(router: Router, query: str, deployment: str) -> float:
+    """The router's estimated quality of a deployment for a query (the decision is recorded, so nothing stays held)."""
+    decision = router.route(query)
+    router.record(decision.id, prompt_tokens=10, completion_tokens=10)
+    return next(c.quality for c in decision.candidates if c.deployment == deployment)
+
+
+def test_feedback_before_the_call_is_recorded_is_kept_and_learned_when_it_is(make_router: RouterFactory) -> None:
+    # A client may send its score as soon as it has read the answer, before the call's usage is recorded.
+    router = make_router()
+    decision = router.route(topic_prompt("chat", 3))
+    router.feedback(decision.id, 0.25)
+    router.record(decision.id, prompt_tokens=40, completion_tokens=60)
+    logged = router.decisions.get(decision.id)
+    assert logged is not None and logged.status == "recorded"
+    assert logged.outcome["quality"] == 0.25 and logged.outcome["prompt_tokens"] == 40
+    assert learned_quality(router, decision.id, decision.model) == 0.25
+
+
+def test_a_quality_given_to_record_wins_over_earlier_feedback(make_router: RouterFactory) -> None:
+    router = make_router()
+    decision = router.route(topic_prompt("chat", 3))
+    router.feedback(decision.id, 0.25)
+    router.record(decision.id, prompt_tokens=40, completion_tokens=60, quality=0.75)
+    assert learned_quality(router, decision.id, decision.model) == 0.75
+
+
+def test_feedback_on_a_decision_without_text_is_kept_in_the_log(make_router: RouterFactory) -> None:
+    # Nothing joined history for it (no embedding to find it by), so there is no history record to update.
+    router = make_router()
+    decision = router.route([{"role": "user", "content": None}])
+    router.record(decision.id, prompt_tokens=40, completion_tokens=60)
+    router.feedback(decision.id, 1.0)
+    logged = router.decisions.get(decision.id)
+    assert logged is not None and logged.outcome["quality"] == 1.0
+
+
+@pytest.mark.parametrize("quality", [float("nan"), float("inf"), -0.1, 1.5, True, "0.5", None,
+                                     pytest.param(10**400, id="int-beyond-float")])
+def test_feedback_refuses_a_bad_quality_naming_it(make_router: RouterFactory, quality: object) -> None:
+    router = make_router()
+    decision = router.route(topic_prompt("chat", 3))
+    router.record(decision.id, prompt_tokens=40, completion_tokens=60)
+    with pytest.raises(ValueError, match=r"^quality: "):
+        router.feedback(decision.id, quality)  # type: ignore[arg-type]
+
+
+def test_feedback_moves_the_next_estimate_of_a_similar_query(make_router: RouterFactory) -> None:
+    router = make_router()
+    query = topic_prompt("chat", 3)
+    decision = router.route(query)
+    router.record(decision.id, prompt_tokens=40, completion_tokens=60)
+    before = estimated_quality(router, query, decision.deployment)
+    router.feedback(decision.id, 0.0)
+    after_bad = estimated_quality(router, query, decision.deployment)
+    router.feedback(decision.id, 1.0)  # the user changed their mind: the later score replaces the earlier one
+    after_good = estimated_quality(router, query, decision.deployment)
+    assert after_bad < before < after_good
+    similar = topic_prompt("chat", 4)
+    assert estimated_quality(router, similar, decision.deployment) > after_bad
