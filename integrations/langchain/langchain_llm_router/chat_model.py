@@ -190,7 +190,8 @@ class RoutingChatModel(BaseChatModel):
 
         Raises:
             UnknownDecisionError: no such decision.
-            ValueError: quality outside [0, 1], or the call has not finished.
+            ValueError: quality outside [0, 1], or the call failed (a score given before the call finishes is kept
+                and learned when it does).
         """
         self.router.feedback(decision_id, quality)
 

@@ -25,6 +25,8 @@ Mapping:
   expires: ambiguity costs budget, never lets a call go uncharged.
 - A budget refusal is remembered with the request: LiteLLM's retries of it get the same refusal without counting as
   new traffic.
+- Quality feedback names only a decision id: :meth:`LiteLLMAdapter.feedback` finds the group whose router (and
+  decision log) made it. The proxy's ``POST /llm-router/feedback`` route calls it.
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ from litellm.exceptions import RateLimitErrorCategory, RateLimitType
 
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.embedding import Embedder, make_embedder
-from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError
+from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, UnknownDecisionError
 from llm_router_plugin.history import ChromaHistory
 from llm_router_plugin.router import Decision, Router
-from llm_router_plugin.validation import optional_token_count, token_count
+from llm_router_plugin.validation import optional_token_count, score, token_count
 
 #: Key of the router settings in ``callback_settings``, of a deployment's block in ``model_info``, and of the
 #: decision in a request's metadata.
@@ -433,6 +435,36 @@ class LiteLLMAdapter:
     async def asettle(self, event: Mapping[str, Any], *, success: bool, final: bool = False) -> None:
         """Async :meth:`settle` (runs in a worker thread)."""
         await asyncio.to_thread(self.settle, event, success=success, final=final)
+
+    def feedback(self, decision_id: str, quality: float) -> str:
+        """Attach a quality score to a decision of whichever routed group made it (see :meth:`Router.feedback`).
+
+        The groups' decision logs are searched in ``model_list`` order; a group's router is built if this process
+        has not built it yet (a decision made before a restart is found too).
+
+        Args:
+            decision_id: the decision, as in the ``x-llm-router-decision-id`` response header.
+            quality: score in [0, 1].
+
+        Returns:
+            The model group whose router made the decision.
+
+        Raises:
+            UnknownDecisionError: no routed group made that decision.
+            ValueError: quality outside [0, 1] (or not a number), or the decision's call failed (the message names
+                the argument).
+        """
+        quality = score("quality", quality)  # before any lookup: a bad score is refused whatever the id
+        for group in dict.fromkeys(str(d.get("model_name")) for d in self._model_list()):
+            router = self.router(group)
+            if router is not None and router.decisions.get(decision_id) is not None:
+                router.feedback(decision_id, quality)
+                return group
+        raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
+
+    async def afeedback(self, decision_id: str, quality: float) -> str:
+        """Async :meth:`feedback` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.feedback, decision_id, quality)
 
 
 def _count_tokens(deployment: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], tools: Any) -> int | None:

@@ -14,6 +14,9 @@ from the success and failure events, releases every attempt of a request the pro
 hook), and adds ``x-llm-router-*`` headers to the response. The callback must be imported from this installed
 package (a copy of the module beside config.yaml would be a second, separate instance).
 
+It also adds one route to the proxy, ``POST /llm-router/feedback`` with ``{"decision_id": ..., "quality": 0.8}``,
+behind the proxy's own key check, so that an application can score the answer a decision id came with.
+
 When the proxy imports this module it has already read its config file: the router settings and every routed
 deployment are validated then, so that a bad ``model_info.llm_router`` block, a negative budget, a duplicate
 ``model_info.id`` or a USD budget without a price stops the proxy at start with the message, instead of failing
@@ -22,13 +25,27 @@ every request of the group later.
 
 from __future__ import annotations
 
+import functools
+import json
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import litellm
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from llm_router_litellm.adapter import KEY, LiteLLMAdapter, decision_headers, strip_client_metadata
 from llm_router_litellm.strategy import OutcomeLogger
+from llm_router_plugin.errors import UnknownDecisionError
+from llm_router_plugin.validation import score
+
+#: The proxy route that takes quality feedback.
+FEEDBACK_PATH = "/llm-router/feedback"
+#: Longest decision id the route looks up (the router's ids are 32 hex digits).
+MAX_DECISION_ID = 128
 
 
 class ProxyCallback(OutcomeLogger):
@@ -151,6 +168,94 @@ class ProxyCallback(OutcomeLogger):
         """
         return decision_headers(data) or None
 
+    def add_routes(self, app: FastAPI) -> None:
+        """Add ``POST /llm-router/feedback`` to the proxy's app, behind LiteLLM's key check (once per app).
+
+        The check is LiteLLM's ``user_api_key_auth``, as on the proxy's own routes: the master key, and virtual keys
+        as LiteLLM's route permissions allow. A check that fails without an HTTP answer of LiteLLM's is a 401.
+
+        Args:
+            app: the proxy's FastAPI app (``litellm.proxy.proxy_server.app``).
+        """
+        if any(isinstance(r, APIRoute) and r.path == FEEDBACK_PATH for r in app.router.routes):
+            return
+        app.add_api_route(FEEDBACK_PATH, self.feedback_endpoint, methods=["POST"],
+                          dependencies=[Depends(_key_check())], tags=["llm-router"],
+                          summary="Score the answer of a routed request (its x-llm-router-decision-id)")
+
+    async def feedback_endpoint(self, request: Request) -> JSONResponse:
+        """Attach a quality score to a decision: the body is ``{"decision_id": "...", "quality": 0.8}``.
+
+        Args:
+            request: the HTTP request (authenticated by the proxy's key check before this runs).
+
+        Returns:
+            200 ``{"decision_id", "quality", "status": "recorded"}``; 400 naming the field for a body that is not a
+            JSON object, a missing or invalid ``decision_id`` or ``quality`` (a number in [0, 1]) or a decision whose
+            call failed; 404 for a decision no routed group made. Errors have LiteLLM's shape,
+            ``{"error": {"message", "type", "param", "code"}}``.
+        """
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, too deeply nested, an int of too many digits
+            body = None
+        if not isinstance(body, dict):
+            return _error(400, "body", 'must be a JSON object {"decision_id": "...", "quality": 0.8}')
+        decision_id = body.get("decision_id")
+        if not isinstance(decision_id, str) or not 0 < len(decision_id) <= MAX_DECISION_ID:
+            return _error(400, "decision_id", "must be the x-llm-router-decision-id header of a routed response")
+        try:
+            quality = score("quality", body.get("quality"))
+            await self.adapter.afeedback(decision_id, quality)
+        except UnknownDecisionError:
+            return _error(404, "decision_id", f"no routed request has decision {decision_id!r}")
+        except ValueError as exc:  # the router's messages start with the argument's name
+            field, _, message = str(exc).partition(": ")
+            if field not in ("decision_id", "quality"):
+                raise  # not the request's fault (e.g. a router that cannot be built): the proxy's 500
+            return _error(400, field, message)
+        return JSONResponse({"decision_id": decision_id, "quality": quality, "status": "recorded"})
+
+
+def _key_check() -> Callable[..., Awaitable[Any]]:
+    """LiteLLM's ``user_api_key_auth`` (same parameters, so FastAPI resolves them alike), failing closed."""
+    from litellm.proxy._types import ProxyErrorTypes, ProxyException
+    from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
+    from litellm.proxy.common_utils.http_parsing_utils import safe_set_request_parsed_body
+
+    def refusal() -> ProxyException:
+        return ProxyException(message="Authentication Error: a key of this proxy is required", type="auth_error",
+                              param="None", code=401)
+
+    @functools.wraps(user_api_key_auth)
+    async def checked(*args: Any, **kwargs: Any) -> Any:
+        # The key alone decides: LiteLLM's check reads the body as a model call's (model access, end user) and fails
+        # on one that is not a JSON object, so it is shown an empty one. The route reads and checks the body itself.
+        safe_set_request_parsed_body(kwargs.get("request"), {})
+        try:
+            return await user_api_key_auth(*args, **kwargs)
+        except ProxyException as exc:
+            if exc.type != ProxyErrorTypes.no_db_connection:
+                raise  # LiteLLM's own answer: 401, 403, its database outages
+            # Without a database only the master key can be valid; LiteLLM answers any other key with a 400 that
+            # names no field, which a client of this route would read as a bad body.
+            raise refusal() from None
+        except HTTPException:
+            raise
+        except Exception:
+            # LiteLLM's handler of a failed check imports `prisma`, which litellm[proxy] does not install, so a request
+            # without a key crashes it (a 500 on LiteLLM's own routes). A check that did not pass is a refusal.
+            raise refusal() from None
+
+    return checked
+
+
+def _error(status: int, field: str, message: str) -> JSONResponse:
+    """An error answer in the shape of LiteLLM's own, naming the field at fault."""
+    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    return JSONResponse({"error": {"message": f"{field}: {message}", "type": kind, "param": field,
+                                   "code": str(status)}}, status_code=status)
+
 
 def _running_proxy_config() -> str | None:
     """The config file of the LiteLLM proxy importing this module, if a proxy is (never imports the proxy itself)."""
@@ -163,3 +268,4 @@ def _running_proxy_config() -> str | None:
 router_callback = ProxyCallback()
 if (_config_path := _running_proxy_config()) is not None:
     router_callback.validate_proxy_config(_config_path)
+    router_callback.add_routes(sys.modules["litellm.proxy.proxy_server"].app)

@@ -238,3 +238,35 @@ def test_a_budget_refusal_is_answered_once_not_retried(stack: Stack) -> None:
     response = post(stack, "capped", [{"role": "user", "content": stack.prompts[0].prompt}], num_retries=3)
     assert response.status_code == 429
     assert capped.status().decisions == before + 1  # one declined decision: no retry reached the router
+
+
+def test_quality_feedback_by_decision_id_with_the_proxys_key(stack: Stack) -> None:
+    answer = stack.ask("chat", "rate this answer: what is the capital of France?")
+    assert answer.status_code == 200
+    decision_id = answer.headers["x-llm-router-decision-id"]
+    url = f"{stack.proxy.url}/llm-router/feedback"
+
+    def send(body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+        return httpx.post(url, headers=stack.headers if headers is None else headers, json=body, timeout=30)
+
+    # Sent as soon as the answer is read: the proxy may not have recorded the call yet, and the score is kept anyway.
+    scored = send({"decision_id": decision_id, "quality": 0.8})
+    assert scored.status_code == 200
+    assert scored.json() == {"decision_id": decision_id, "quality": 0.8, "status": "recorded"}
+    [outcome] = stack.recorded([decision_id])
+    assert outcome["quality"] == 0.8 and outcome["completion_tokens"] > 0
+
+    assert send({"decision_id": decision_id, "quality": 0.8}, headers={}).status_code == 401
+    assert send([decision_id, 0.8], headers={}).status_code == 401  # the key is checked first, whatever the body
+    assert send({"decision_id": decision_id, "quality": 0.8},
+                headers={"Authorization": "Bearer sk-not-this-proxys-key"}).status_code == 401
+    for body, field in (({"decision_id": decision_id, "quality": 1.5}, "quality"),
+                        ({"decision_id": decision_id, "quality": "good"}, "quality"),
+                        ({"quality": 0.5}, "decision_id"),
+                        ([decision_id, 0.5], "body")):
+        refused = send(body)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
+    not_json = httpx.post(url, headers=stack.headers, content=b"{not json", timeout=30)
+    assert not_json.status_code == 400 and not_json.json()["error"]["param"] == "body"
+    unknown = send({"decision_id": uuid.uuid4().hex, "quality": 0.5})
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "decision_id"
