@@ -26,10 +26,10 @@ def token_count(name: str, value: Any) -> int:
         ValueError: ``value`` is not a whole, finite, non-negative number (booleans and strings included).
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name}: must be a whole number of tokens, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or number != int(number):
-        raise ValueError(f"{name}: must be a whole, non-negative number of tokens, got {value!r}")
+        raise ValueError(f"{name}: must be a whole number of tokens, got {_shown(value)}")
+    number = _finite(value)
+    if number is None or number < 0 or number != int(number):
+        raise ValueError(f"{name}: must be a whole, non-negative number of tokens, got {_shown(value)}")
     return int(number)
 
 
@@ -51,9 +51,10 @@ def amount(name: str, value: Any) -> float:
     Raises:
         ValueError: ``value`` is not a finite, non-negative number.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or value < 0:
-        raise ValueError(f"{name}: must be a finite, non-negative number, got {value!r}")
-    return float(value)
+    number = None if isinstance(value, bool) or not isinstance(value, numbers.Real) else _finite(value)
+    if number is None or number < 0:
+        raise ValueError(f"{name}: must be a finite, non-negative number, got {_shown(value)}")
+    return number
 
 
 def optional_amount(name: str, value: Any) -> float | None:
@@ -74,6 +75,15 @@ def score(name: str, value: Any) -> float:
     if not 0 <= number <= 1:
         raise ValueError(f"{name}: must be a number in [0, 1], got {_shown(value)}")
     return float(number)
+
+
+def _finite(value: numbers.Real) -> float | None:
+    """``value`` as a float, or ``None`` if it is not finite or beyond the float range (a JSON integer can be)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _shown(value: Any) -> str:

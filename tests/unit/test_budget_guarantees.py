@@ -29,7 +29,7 @@ def held(router: Router, name: str) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------ route-time validation
 
-@pytest.mark.parametrize("bad", [-1000, math.nan, math.inf, 5.7, True, "12"])
+@pytest.mark.parametrize("bad", [-1000, math.nan, math.inf, 5.7, True, "12", 10**400])
 def test_route_rejects_bad_prompt_tokens_before_writing_anything(make_router: RouterFactory, bad: Any) -> None:
     router = make_router()
     with pytest.raises(ValueError, match="prompt_tokens"):
@@ -65,16 +65,19 @@ def test_a_poisoned_sample_row_is_skipped_by_the_solve(make_router: RouterFactor
 def test_record_validates_everything_before_writing(make_router: RouterFactory) -> None:
     router = make_router()
     decision = router.route(topic_prompt("chat", 1))
-    bad_calls: list[dict[str, Any]] = [
-        {"prompt_tokens": math.nan, "completion_tokens": 1},
-        {"prompt_tokens": 5.7, "completion_tokens": 3.2},
-        {"prompt_tokens": 1, "completion_tokens": 1, "cost_usd": math.inf},
-        {"prompt_tokens": 1, "completion_tokens": 1, "cost_usd": math.nan},
-        {"prompt_tokens": 1, "completion_tokens": 1, "latency_s": -1.0},
-        {"prompt_tokens": 1, "completion_tokens": 1, "quality": math.nan},
+    bad_calls: list[tuple[str, dict[str, Any]]] = [
+        ("prompt_tokens", {"prompt_tokens": math.nan, "completion_tokens": 1}),
+        ("prompt_tokens", {"prompt_tokens": 5.7, "completion_tokens": 3.2}),
+        ("cost_usd", {"prompt_tokens": 1, "completion_tokens": 1, "cost_usd": math.inf}),
+        ("cost_usd", {"prompt_tokens": 1, "completion_tokens": 1, "cost_usd": math.nan}),
+        ("latency_s", {"prompt_tokens": 1, "completion_tokens": 1, "latency_s": -1.0}),
+        ("quality", {"prompt_tokens": 1, "completion_tokens": 1, "quality": math.nan}),
+        # A JSON integer can exceed the float range: it must be refused, not raise OverflowError.
+        ("prompt_tokens", {"prompt_tokens": 10**400, "completion_tokens": 1}),
+        ("cost_usd", {"prompt_tokens": 1, "completion_tokens": 1, "cost_usd": 10**400}),
     ]
-    for kwargs in bad_calls:
-        with pytest.raises(ValueError):
+    for field, kwargs in bad_calls:
+        with pytest.raises(ValueError, match=field):
             router.record(decision.id, **kwargs)
     # Nothing was written: the hold is intact, nothing charged, and a correct record still succeeds.
     assert spent(router, decision.deployment)["tokens"] == 0
