@@ -1,7 +1,9 @@
 """Onboarding a model from its answers on a profile set: each answer becomes that model's outcome in history.
 
 The results file is what ``llm-router profile run`` writes (JSONL: ``id`` or ``prompt``, ``quality``,
-``prompt_tokens``, ``completion_tokens``, ``cost_usd``; other keys are ignored), or the same columns in a CSV. Every
+``prompt_tokens``, ``completion_tokens``, ``cost_usd``; other keys are ignored), or the same columns in a CSV, or a
+file in the unified data schema (``prompt`` and the model's own columns ``M``, ``M|total_cost``, ``M|prompt_tokens``,
+``M|completion_tokens``). Every
 row must name a prompt of the profile set; the whole file is checked before anything is written, so a bad file
 writes nothing. A row whose call failed (``error`` set and no ``quality``/tokens) is skipped; a missing quality stays
 missing (the tokens and cost are still learned). Onboarding the same file twice changes nothing.
@@ -24,6 +26,9 @@ from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
 from llm_router_plugin.profiles import ProfilePrompt, ProfileSet
 
 _OUTCOME_KEYS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
+#: Unified-schema column suffixes of a model → the results-file keys.
+_UNIFIED = {"": "quality", "|total_cost": "cost_usd", "|prompt_tokens": "prompt_tokens",
+            "|completion_tokens": "completion_tokens"}
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,9 @@ def read_results(path: str | Path, profile: ProfileSet, model: str) -> ProfileRe
                 raise raw
             if not isinstance(raw, dict):
                 raise ValueError("not a JSON object")
+            if model in raw:  # the unified data schema: the model's columns hold its outcome
+                columns = {key: raw.get(model + suffix) for suffix, key in _UNIFIED.items()}
+                raw = {"prompt": raw.get("prompt"), **columns}
             named = _value(raw, "model")
             if named is not None and str(named) != model:
                 raise ValueError(f"model: the row is an answer of {named!r}, not {model!r}")

@@ -103,6 +103,16 @@ def test_a_csv_with_the_same_columns_is_accepted(tmp_path: Path, profile: Profil
     assert results.outcomes["chat-0"][1].quality is None
 
 
+def test_a_file_in_the_unified_data_schema_is_accepted(tmp_path: Path, profile: ProfileSet) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text(f"prompt,eval_name,{NEW},{NEW}|total_cost,{NEW}|completion_tokens,other-model\n"
+                    f"{topic_prompt('math', 0)},math,0,0.002,40,1\n")
+    results = read_results(path, profile, NEW)
+    assert not results.errors
+    outcome = results.outcomes["math-0"][1]
+    assert (outcome.quality, outcome.cost_usd, outcome.completion_tokens) == (0.0, 0.002, 40)
+
+
 def test_the_command_onboards_and_a_bad_file_exits_with_the_line(
     tmp_path: Path, profile: ProfileSet, embedder: HashingEmbedder
 ) -> None:
