@@ -121,7 +121,8 @@ def bench(
         float, typer.Option(help="Total budget ÷ cost of all test queries on the cheapest model.")
     ] = 1.0,
     policies: Annotated[
-        str | None, typer.Option(help="Comma-separated policies (default: all but ours-feedback).")
+        str | None, typer.Option(help="Comma-separated policies (default: all but ours-feedback; with --unseen: "
+                                       "ours-full, ours-onboarded, zero-router, knn-profile).")
     ] = None,
     prices: Annotated[
         Path | None, typer.Option(help="USD per million tokens per model: costs for data without them, and the "
@@ -158,12 +159,14 @@ def bench(
     problem = protocol.build_problem(source, read_prices(prices) if prices else None)
     typer.echo(problem.cost_note)
     if unseen is not None:
-        from llm_router_plugin.bench.unseen import UnseenOptions, run_unseen
+        from llm_router_plugin.bench.unseen import UNSEEN_POLICIES, UnseenOptions, run_unseen
 
         unseen_options = UnseenOptions(
             seeds=protocol.parse_seeds(seeds or "42,1,2,3,4"),
             splits=tuple(protocol.parse_list(splits, protocol.SPLITS, "--splits")), fraction=unseen,
             profile_size=profile_size, clusters=clusters, k=k, multiplier=budget,
+            policies=tuple(protocol.parse_list(policies, tuple(UNSEEN_POLICIES), "--policies")) if policies
+            else tuple(UNSEEN_POLICIES),
         )
         unseen_result = run_unseen(problem, make_embedder(embedder, threads, keep), unseen_options,
                                    EmbeddingCache(cache_dir))

@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from llm_router_plugin.config import EstimatorConfig
-from llm_router_plugin.history import FIELDS, Neighbours
+from llm_router_plugin.history import FIELDS, ClusterStats, Neighbours
 
 _QUALITY, _PROMPT, _COMPLETION, _COST = (FIELDS.index(f) for f in FIELDS)
 
@@ -47,8 +47,8 @@ class NeighbourSource(Protocol):
         """Each profile's mean outcome over all history, shape ``(len(profiles), len(FIELDS))``."""
         ...
 
-    def cluster_stats(self, centres: np.ndarray, profiles: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Sums and counts of each profile's outcomes per cluster, each of shape ``(K, len(profiles), len(FIELDS))``."""
+    def cluster_stats(self, centres: np.ndarray, profiles: list[str]) -> ClusterStats:
+        """Each profile's outcome statistics per cluster (records in the cluster of their nearest centre)."""
         ...
 
 
@@ -109,29 +109,33 @@ def _prior(means: np.ndarray, config: EstimatorConfig) -> np.ndarray:
     return prior
 
 
-def cluster_values(sums: np.ndarray, counts: np.ndarray, means: np.ndarray, config: EstimatorConfig) -> np.ndarray:
-    """Each cluster's mean outcome per profile, shrunk toward the profile's overall mean (then the priors).
+def cluster_values(stats: ClusterStats, means: np.ndarray, config: EstimatorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Each cluster's mean outcome per profile, shrunk toward the profile's overall mean (then the priors), and the
+    largest value the cluster has seen (else the largest in any cluster): its high side.
 
     Args:
-        sums: outcome sums per cluster, shape ``(K, len(profiles), len(FIELDS))``.
-        counts: outcome counts, same shape.
+        stats: outcome statistics per cluster, arrays of shape ``(K, len(profiles), len(FIELDS))``.
         means: each profile's overall mean outcome, shape ``(len(profiles), len(FIELDS))``.
         config: ``cluster_shrinkage`` and the priors.
 
     Returns:
-        Shape ``(K, len(profiles), len(FIELDS))``; NaN where neither the cluster nor the priors know a field.
+        ``(values, highs)``, each of shape ``(K, len(profiles), len(FIELDS))``; NaN where nothing is known.
     """
     prior = _prior(means, config)[None]
     known = ~np.isnan(prior)
     weight = config.cluster_shrinkage * known
-    total = counts + weight
+    total = stats.counts + weight
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = (sums + weight * np.nan_to_num(prior)) / total
-    return np.where(total > 0, values, np.broadcast_to(prior, values.shape))
+        values = (stats.sums + weight * np.nan_to_num(prior)) / total
+    values = np.where(total > 0, values, np.broadcast_to(prior, values.shape))
+    with np.errstate(all="ignore"):
+        widest = np.fmax.reduce(stats.maxes, axis=0, initial=-np.inf)
+    highs = np.where(np.isnan(stats.maxes), np.where(np.isfinite(widest), widest, np.nan)[None], stats.maxes)
+    return values, highs
 
 
 def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig,
-            cluster: np.ndarray | None = None) -> Estimates:
+            cluster: tuple[np.ndarray, np.ndarray] | None = None) -> Estimates:
     """Turn neighbours into estimates (weighted means, shrunk toward the region and ``means``, with fallbacks).
 
     Each field of each profile is estimated from the ``k`` nearest neighbours that recorded it (neighbours must come
@@ -143,8 +147,9 @@ def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig,
         neighbours: the queries' nearest records, nearest first.
         means: each profile's global mean outcome, shape ``(len(profiles), len(FIELDS))``.
         config: k, weighting, region weight, shrinkage and priors.
-        cluster: each query's cluster estimate, shape ``(n, len(profiles), len(FIELDS))`` (see
-            :func:`cluster_values`); ``None`` = neighbours only.
+        cluster: each query's cluster values and highs, each of shape ``(n, len(profiles), len(FIELDS))`` (see
+            :func:`cluster_values`); ``None`` = neighbours only. Where the neighbours do not all know a model, the
+            cluster's high side joins its completion high side.
 
     Returns:
         The estimates for every query and profile.
@@ -167,9 +172,13 @@ def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig,
     with np.errstate(invalid="ignore", divide="ignore"):
         estimate = (value_sum + region_weight * region_mean + shrink * np.nan_to_num(prior)[None]) / total
     estimate = np.where(total > 0, estimate, prior[None])
+    high = np.max(np.where(has, values, -np.inf), axis=1)
     if cluster is not None:
-        estimate = _blend(estimate, cluster, knn_share(has[:, :, :, _QUALITY], config.k))
-    high = np.fmax(estimate, np.max(np.where(has, values, -np.inf), axis=1))
+        share = knn_share(has[:, :, :, _QUALITY], config.k)
+        estimate = _blend(estimate, cluster[0], share)
+        # A model the neighbours know little of could answer as long as its longest answer in the cluster.
+        high = np.where(share[:, :, None] < 1, np.fmax(high, cluster[1]), high)
+    high = np.fmax(estimate, high)
     return Estimates(
         profiles=neighbours.profiles,
         quality=np.clip(estimate[:, :, _QUALITY], 0.0, 1.0),
@@ -258,13 +267,15 @@ class KnnEstimator:
         t = self._config.tie_break
         return replace(estimates, quality=(1.0 - t) * estimates.quality + t * tie_offsets(embeddings, profiles))
 
-    def _cluster_estimates(self, embeddings: np.ndarray, profiles: list[str], means: np.ndarray) -> np.ndarray:
-        """Each query's cluster value, shape ``(n, len(profiles), len(FIELDS))``."""
-        if self._centres is None:
-            return np.broadcast_to(_prior(means, self._config)[None], (len(embeddings), *means.shape))
-        sums, counts = self._history.cluster_stats(self._centres, profiles)
-        values = cluster_values(sums, counts, means, self._config)
-        return values[np.argmax(np.asarray(embeddings, dtype=np.float32) @ self._centres.T, axis=1)]
+    def _cluster_estimates(self, embeddings: np.ndarray, profiles: list[str], means: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's cluster values and highs, each of shape ``(n, len(profiles), len(FIELDS))``."""
+        vectors = np.asarray(embeddings, dtype=np.float32)
+        # Without centres one zero centre holds the whole history: every query is in its one cluster.
+        centres = self._centres if self._centres is not None else np.zeros((1, vectors.shape[1]), np.float32)
+        values, highs = cluster_values(self._history.cluster_stats(centres, profiles), means, self._config)
+        label = np.argmax(vectors @ centres.T, axis=1)
+        return values[label], highs[label]
 
     def estimate_without_text(self, profiles: list[str]) -> Estimates:
         """Estimates for one query that has no text to look neighbours up with (an image, a file, an empty turn).

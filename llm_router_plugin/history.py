@@ -102,6 +102,21 @@ class HistoryRecord(BaseModel):
 
 
 @dataclass(frozen=True)
+class ClusterStats:
+    """Outcome statistics per cluster and profile, each of shape ``(K, len(profiles), len(FIELDS))``.
+
+    Attributes:
+        sums: sum of each field's values.
+        counts: how many records carry each field.
+        maxes: the largest value seen (NaN where none; a replaced value may still count: an upper bound).
+    """
+
+    sums: np.ndarray
+    counts: np.ndarray
+    maxes: np.ndarray
+
+
+@dataclass(frozen=True)
 class Neighbours:
     """The nearest history records of a batch of queries.
 
@@ -374,8 +389,8 @@ class ChromaHistory:
         matrix = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
         return [ids[i] for i in order], matrix[order], [texts[i] for i in order], [tasks[i] for i in order]
 
-    def cluster_stats(self, centres: np.ndarray, profiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Sums and counts of every profile's outcomes per cluster (each record in the cluster of its nearest centre).
+    def cluster_stats(self, centres: np.ndarray, profiles: Sequence[str]) -> ClusterStats:
+        """Every profile's outcome statistics per cluster (each record in the cluster of its nearest centre).
 
         Scanned once per set of centres, then kept up to date as records are added through this object.
 
@@ -384,7 +399,7 @@ class ChromaHistory:
             profiles: the profiles.
 
         Returns:
-            ``(sums, counts)``, each of shape ``(K, len(profiles), len(FIELDS))``.
+            Sums, counts and largest values, each of shape ``(K, len(profiles), len(FIELDS))``.
         """
         centres = np.asarray(centres, dtype=np.float32)
         with self._lock:
@@ -428,6 +443,7 @@ class _Stats:
     def __init__(self) -> None:
         self.sums: dict[str, np.ndarray] = {}
         self.counts: dict[str, np.ndarray] = {}
+        self.maxes: dict[str, np.ndarray] = {}
         self.records = 0
 
     def add(self, meta: Mapping[str, Any], sign: int) -> None:
@@ -438,6 +454,9 @@ class _Stats:
                 continue
             self.sums.setdefault(profile, np.zeros(len(FIELDS)))[field] += sign * float(value)
             self.counts.setdefault(profile, np.zeros(len(FIELDS)))[field] += sign
+            if sign > 0:  # a removed value is not taken back out: the maximum stays an upper bound
+                top = self.maxes.setdefault(profile, np.full(len(FIELDS), np.nan))
+                top[field] = np.fmax(top[field], float(value))
 
     def mean(self, profile: str) -> np.ndarray:
         if profile not in self.sums:
@@ -463,14 +482,16 @@ class _ClusterStats:
         for label, meta in zip(labels, metadatas, strict=True):
             self.stats[int(label)].add(meta or {}, sign)
 
-    def arrays(self, profiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self, profiles: Sequence[str]) -> ClusterStats:
         sums = np.zeros((len(self.stats), len(profiles), len(FIELDS)))
         counts = np.zeros_like(sums)
+        maxes = np.full_like(sums, np.nan)
         for c, stats in enumerate(self.stats):
             for p, profile in enumerate(profiles):
                 if profile in stats.sums:
                     sums[c, p], counts[c, p] = stats.sums[profile], stats.counts[profile]
-        return sums, counts
+                    maxes[c, p] = stats.maxes.get(profile, np.nan)
+        return ClusterStats(sums, counts, maxes)
 
 
 _FIELD_OF_PREFIX = {prefix: FIELDS.index(name) for name, prefix in _PREFIX.items()}

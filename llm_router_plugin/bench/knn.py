@@ -12,7 +12,7 @@ import numpy as np
 
 from llm_router_plugin.config import EstimatorConfig
 from llm_router_plugin.estimator import KnnEstimator, NeighbourSource
-from llm_router_plugin.history import FIELDS, HistoryRecord, ModelOutcome, Neighbours
+from llm_router_plugin.history import FIELDS, ClusterStats, HistoryRecord, ModelOutcome, Neighbours
 
 _QUALITY, _PROMPT, _COMPLETION, _COST = (FIELDS.index(f) for f in FIELDS)
 #: Neighbour rows per store lookup: Chroma fetches them in one SQL statement, whose variables SQLite caps.
@@ -73,16 +73,18 @@ class ExactHistory:
         sums = np.where(present, values, 0.0).sum(axis=0)
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
-    def cluster_stats(self, centres: np.ndarray, profiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Sums and counts of each profile's outcomes per cluster, each ``(K, len(profiles), len(FIELDS))``."""
+    def cluster_stats(self, centres: np.ndarray, profiles: Sequence[str]) -> ClusterStats:
+        """Each profile's outcome statistics per cluster, each array ``(K, len(profiles), len(FIELDS))``."""
         label = np.argmax(self._embeddings @ np.asarray(centres, dtype=np.float32).T, axis=1)
         values = self._outcomes[:, self._columns(profiles)]
         present = ~np.isnan(values)
         sums = np.zeros((len(centres), *values.shape[1:]))
         counts = np.zeros_like(sums)
+        maxes = np.full_like(sums, -np.inf)
         np.add.at(sums, label, np.where(present, values, 0.0))
         np.add.at(counts, label, present.astype(float))
-        return sums, counts
+        np.maximum.at(maxes, label, np.where(present, values, -np.inf))
+        return ClusterStats(sums, counts, np.where(counts > 0, maxes, np.nan))
 
     def subset(self, rows: np.ndarray) -> ExactHistory:
         """The history of these rows only."""

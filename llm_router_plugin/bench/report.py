@@ -219,7 +219,7 @@ def unseen_summary(result: UnseenResult) -> dict[str, dict[str, float]]:
     mean of that ratio; ``deferral_area`` the mean normalised area under the unbudgeted deferral curve.
     """
     out: dict[str, dict[str, float]] = {}
-    for policy in UNSEEN_POLICIES:
+    for policy in result.options.policies:
         per_trial = []
         rows = []
         for trial in result.trials:
@@ -273,7 +273,7 @@ def unseen_json(result: UnseenResult) -> dict[str, Any]:
         "options": {"seeds": list(options.seeds), "splits": list(options.splits), "fraction": options.fraction,
                     "profile_size": options.profile_size, "clusters": options.clusters, "k": options.k,
                     "budget_multiplier": options.multiplier, "embedder": result.embedder,
-                    "router_estimator": options.router.estimator.model_dump()},
+                    "policies": list(options.policies), "router_estimator": options.router.estimator.model_dump()},
         "labels": dict(UNSEEN_POLICIES),
         "mean": unseen_summary(result),
         "trials": [{

@@ -63,6 +63,7 @@ class UnseenOptions:
         k: neighbours of the estimates.
         multiplier: total budget in units of "every test query on the cheapest model".
         router: how our router is configured (its estimator's ``k`` is replaced by ``k``).
+        policies: policy ids, a subset of :data:`UNSEEN_POLICIES` (``ours-full`` always runs: it is the reference).
     """
 
     seeds: tuple[int, ...] = (42, 1, 2, 3, 4)
@@ -73,10 +74,16 @@ class UnseenOptions:
     k: int = 5
     multiplier: float = 1.0
     router: RouterSettings = field(default_factory=RouterSettings)
+    policies: tuple[str, ...] = tuple(UNSEEN_POLICIES)
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
+        bad = [p for p in self.policies if p not in UNSEEN_POLICIES]
+        if bad:
+            raise ValueError(f"policies: unknown {bad} (known with --unseen: {', '.join(UNSEEN_POLICIES)})")
+        if "ours-full" not in self.policies:
+            object.__setattr__(self, "policies", ("ours-full", *self.policies))
         unknown = [s for s in self.splits if s not in SPLITS]
         if unknown or not self.splits:
             raise ValueError(f"splits: unknown or empty {unknown} (known: {', '.join(SPLITS)})")
@@ -305,7 +312,7 @@ def _trial(ctx: _TrialContext, options: UnseenOptions, embedder: CachedEmbedder,
     for split in options.splits:
         limits = budgets(ctx.problem, ctx.split, split, options.multiplier)
         results[split] = {}
-        for policy in UNSEEN_POLICIES:
+        for policy in options.policies:
             run_folder = base / f"{policy}-{split}"
             store = ChromaHistory(run_folder / "chroma")
             store.upsert(records["full" if policy == "ours-full" else "reduced"])
@@ -314,7 +321,7 @@ def _trial(ctx: _TrialContext, options: UnseenOptions, embedder: CachedEmbedder,
                 ctx.profile, ctx.estimator(policy, store, options),
             )
         results[split]["c_opt"] = offline_optimum(q, c, limits, q, c).result
-    curves = {policy: _curve(ctx, policy, options) for policy in UNSEEN_POLICIES}
+    curves = {policy: _curve(ctx, policy, options) for policy in options.policies}
     single_cost = c.mean(axis=0)
     cheapest = int(np.argmin(single_cost))
     areas = {policy: deferral_area(points, float(single_cost.min()), float(single_cost.max()),

@@ -92,11 +92,21 @@ def test_cluster_statistics_follow_writes_made_after_they_were_read(
     store: ChromaHistory, embedder: HashingEmbedder
 ) -> None:
     centres = _centres(embedder)
-    sums, counts = store.cluster_stats(centres, [NEW])
-    assert counts.sum() == 0
+    assert store.cluster_stats(centres, [NEW]).counts.sum() == 0
     _onboard(store, per_topic=2)
-    sums, counts = store.cluster_stats(centres, [NEW])
-    assert counts[:, 0, 0].sum() == 6 and sums[:, 0, 0].sum() == pytest.approx(2 * 1.5)
+    stats = store.cluster_stats(centres, [NEW])
+    assert stats.counts[:, 0, 0].sum() == 6 and stats.sums[:, 0, 0].sum() == pytest.approx(2 * 1.5)
+    assert np.nanmax(stats.maxes[:, 0, 2]) == 50  # the longest answer: the high side of a cluster
     store.update_outcome("chat-0", NEW, ModelOutcome(quality=0.0))  # a changed score replaces the old one
-    sums, counts = store.cluster_stats(centres, [NEW])
-    assert counts[:, 0, 0].sum() == 6 and sums[:, 0, 0].sum() == pytest.approx(2.0)
+    stats = store.cluster_stats(centres, [NEW])
+    assert stats.counts[:, 0, 0].sum() == 6 and stats.sums[:, 0, 0].sum() == pytest.approx(2.0)
+
+
+def test_an_onboarded_model_holds_its_longest_profile_answer(store: ChromaHistory, embedder: HashingEmbedder) -> None:
+    _onboard(store)
+    store.update_outcome("chat-1", NEW, ModelOutcome(completion_tokens=900))
+    estimator = KnnEstimator(store, EstimatorConfig(region_weight=0, tie_break=0), _centres(embedder))
+    estimates = estimator.estimate(embedder.embed([topic_prompt("chat", 99)]), PROFILES)
+    # Few neighbours know the new model: its hold covers the longest answer it gave in this cluster.
+    assert estimates.completion_tokens_high[0, 2] == 900
+    assert estimates.completion_tokens[0, 2] < 900
