@@ -26,6 +26,8 @@ from llm_router_plugin.errors import (
 )
 from llm_router_plugin.estimator import Estimates, KnnEstimator
 from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
+from llm_router_plugin.onboarding import OnboardReport, onboard
+from llm_router_plugin.profiles import ProfilePrompt, ProfileSet, build_profile_set, default_profile_set
 from llm_router_plugin.router import Candidate, Decision, DeploymentStatus, Router, RouterStatus
 
 __version__ = "0.1.0"
@@ -50,6 +52,9 @@ __all__ = [
     "KnnEstimator",
     "LedgerCorruptError",
     "ModelOutcome",
+    "OnboardReport",
+    "ProfilePrompt",
+    "ProfileSet",
     "Reservation",
     "Router",
     "RouterConfig",
@@ -60,10 +65,13 @@ __all__ = [
     "Settlement",
     "UnknownDecisionError",
     "__version__",
+    "build_profile_set",
     "bundled_path",
+    "default_profile_set",
     "estimate_tokens",
     "extract_text",
     "import_history",
     "make_embedder",
+    "onboard",
     "read_data",
 ]
