@@ -41,7 +41,7 @@ class LoggedDecision:
         created_at: epoch seconds.
         deployment: chosen deployment.
         profile: its model profile.
-        phase: ``"warmup"``, ``"learned"`` or ``"fallback"``.
+        phase: ``"warmup"``, ``"learned"``, ``"explore"``, ``"fallback"`` or ``"declined"``.
         embedding: the query embedding.
         text: the query text when prompts are stored, else ``None``.
         estimates: deployment → {"quality": d̂, "tokens": ĝ, "usd": ĝ} at decision time.

@@ -38,7 +38,7 @@ class RouteInfo(TypedDict):
         decision_id: pass it to :meth:`RoutingChatModel.feedback`.
         deployment: the deployment (key of ``models``) that answered.
         model: its model profile in the router's history.
-        phase: ``"warmup"``, ``"learned"`` or ``"fallback"``.
+        phase: ``"warmup"``, ``"learned"``, ``"explore"`` or ``"fallback"``.
         reason: why the router chose it.
     """
 
