@@ -246,6 +246,7 @@ class Router:
         self._by_name = {d.name: d for d in self._deployments}
         self._prices = resolve_prices(self._deployments, self.history.profile_means)
         self._solve_lock = threading.Lock()
+        self._warned: set[str] = set()
         self._state: dict[str, Any] = self.ledger.get_state(_STATE_KEY) or {}
 
     @classmethod
@@ -860,9 +861,17 @@ class Router:
         )
 
     def unknown_models(self) -> list[str]:
-        """The deployments' models that history holds no quality score for (routed on the prior quality)."""
+        """The deployments' models that history holds no quality score for (routed on the prior quality).
+
+        The first time a model is found unknown, a warning names it in the log.
+        """
         quality = self.history.profile_means(self._profiles)[:, FIELDS.index("quality")]
-        return [p for p, q in zip(self._profiles, quality, strict=True) if np.isnan(q)]
+        unknown = [p for p, q in zip(self._profiles, quality, strict=True) if np.isnan(q)]
+        for model in sorted(set(unknown) - self._warned):
+            self._warned.add(model)
+            _log.warning("no history for model %s: it is routed on the prior quality %s until onboarded (llm-router "
+                         "profile run, then llm-router onboard) or scored by feedback", model, PRIOR_QUALITY)
+        return unknown
 
     async def astatus(self) -> RouterStatus:
         """Async :meth:`status`."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from llm_router_plugin import Router
 from llm_router_plugin.cli import format_status
@@ -28,9 +31,14 @@ def test_status_flags_a_model_without_history(make_router: Callable[..., Router]
     assert "llm-router onboard fresh-model" in format_status(snapshot)
 
 
-def test_a_decision_for_an_unknown_model_says_it_is_the_prior(make_router: Callable[..., Router]) -> None:
+def test_a_decision_for_an_unknown_model_says_it_is_the_prior(
+    make_router: Callable[..., Router], caplog: pytest.LogCaptureFixture
+) -> None:
     router = _router(make_router, exploration=0)
-    decision = router.route(topic_prompt("chat", 1), deployments=["fresh"])
+    with caplog.at_level(logging.WARNING, logger="llm_router_plugin"):
+        decision = router.route(topic_prompt("chat", 1), deployments=["fresh"])
+        router.route(topic_prompt("chat", 2))
+    assert [r.getMessage()[:32] for r in caplog.records] == ["no history for model fresh-model"]  # once
     assert decision.deployment == "fresh"
     assert "history has no quality for model fresh-model" in decision.reason and "prior 0.5" in decision.reason
     known = router.route(topic_prompt("math", 1), deployments=["big"])
