@@ -231,6 +231,10 @@ class Router:
         self.decisions = decisions or DecisionLog(data_dir / "ledger.sqlite3")
         if profile_set is None:
             profile_set = ProfileSet.load(config.profile_set) if config.profile_set else default_profile_set()
+        if profile_set.embedding_model != self.embedder.name:
+            _log.warning("profile set built with embedder %s, the router uses %s: its cluster centres are recomputed "
+                         "from its %d prompts (llm-router profile build stores them)", profile_set.embedding_model,
+                         self.embedder.name, len(profile_set.prompts))
         self.profile_set = profile_set.for_embedder(self.embedder)
         self.estimator: Estimator = estimator or KnnEstimator(self.history, config.estimator, self.profile_set.centres)
         self._clock = clock
