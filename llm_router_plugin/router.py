@@ -230,7 +230,7 @@ class Router:
         self.ledger: BudgetLedger = ledger or SQLiteLedger(data_dir / "ledger.sqlite3")
         self.decisions = decisions or DecisionLog(data_dir / "ledger.sqlite3")
         if profile_set is None:
-            profile_set = ProfileSet.load(config.profile_set) if config.profile_set else default_profile_set()
+            profile_set = _load_profile_set(config.profile_set)
         if profile_set.embedding_model != self.embedder.name:
             _log.warning("profile set built with embedder %s, the router uses %s: its cluster centres are recomputed "
                          "from its %d prompts (llm-router profile build stores them)", profile_set.embedding_model,
@@ -358,6 +358,7 @@ class Router:
             estimates = self.estimator.estimate_without_text(self._profiles)
             embedding = np.zeros(0, dtype=np.float32)  # logged as such: it never joins history
         else:
+            self._check_dimension(embedding)
             estimates = self.estimator.estimate(embedding[None, :], self._profiles)
         quality, usage = self._deployment_estimates(estimates, request)
         self._maybe_solve(now)
@@ -369,7 +370,13 @@ class Router:
         score = self._scores(quality, usage, pace)
         explore = self._explore(affordable)
         if explore is not None:
-            affordable, phase = [explore], "explore"
+            decision_id = uuid.uuid4().hex
+            if self._reserve(decision_id, explore, usage[explore], now, enforce=True):
+                decision = self._finish(decision_id, explore, "explore", request, embedding, quality, usage, score,
+                                        remaining, affordable, now)
+                self._maybe_solve(now)
+                return decision
+            affordable = [i for i in affordable if i != explore]  # taken meanwhile: choose among the others
         if pace is not None:
             # Before any price is learned, prefer deployments within the pace (budget left per query still
             # expected); warm-up queries are real users, so when none is within pace the best affordable one serves.
@@ -394,6 +401,14 @@ class Router:
             affordable.remove(best)  # another request took the budget between the check and the hold
         return self._fallback(request, embedding, quality, usage, score, remaining, now, priced_out=priced_out)
 
+    def _check_dimension(self, embedding: np.ndarray) -> None:
+        """A profile set from another embedding space fails every query: say so (checked here, not at start, so that
+        building a router does not load the embedding model)."""
+        width = self.profile_set.centres.shape[1]
+        if embedding.shape[-1] != width:
+            raise ValueError(f"profile_set: its centres have dimension {width}, the embedder {self.embedder.name} "
+                             f"makes {embedding.shape[-1]}; rebuild it with llm-router profile build")
+
     def _explore(self, affordable: list[int]) -> int | None:
         """Every ⌈1 / exploration⌉-th decision, an affordable deployment whose model has no quality in history.
 
@@ -404,7 +419,7 @@ class Router:
             return None
         unknown = set(self.unknown_models())
         candidates = [i for i in affordable if self._deployments[i].model in unknown]
-        period = math.ceil(1.0 / self.config.exploration)
+        period = math.ceil(1.0 / max(self.config.exploration, 1e-9))  # a denormal share would overflow
         count = self.decisions.count() + 1
         if not candidates or count % period:
             return None
@@ -902,6 +917,16 @@ class Router:
         parsed = data if isinstance(data, DataFile) else read_data(data)
         return import_history(parsed, self.history, self.embedder, batch_size=batch_size,
                               store_prompts=self.config.store_prompts, progress=progress)
+
+def _load_profile_set(path: Path | None) -> ProfileSet:
+    """The profile set a config names, else the shipped one; an unreadable file is a ``ValueError`` naming it."""
+    if path is None:
+        return default_profile_set()
+    try:
+        return ProfileSet.load(path)
+    except (OSError, UnicodeDecodeError) as exc:  # FileNotFoundError included: a typo must stop the start
+        raise ValueError(f"profile_set: cannot read {path} ({getattr(exc, 'strerror', None) or exc})") from None
+
 
 def _non_text_parts(query: Query) -> int:
     """How many image, audio, file and other non-text content parts a chat query holds."""

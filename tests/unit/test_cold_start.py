@@ -66,3 +66,23 @@ def test_no_exploration_once_the_model_has_a_score_or_when_off(make_router: Call
     router.record(decision.id, 100, 50, quality=0.9)  # its first scored outcome: the model is known now
     assert router.status().unknown_models == []
     assert all(router.route(topic_prompt("math", i)).phase != "explore" for i in range(20))
+
+
+def test_an_exploration_hold_lost_to_a_concurrent_request_falls_back_to_normal_selection(
+    make_router: Callable[..., Router], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    router = _router(make_router, exploration=1.0)  # every decision explores
+    reserve = router._reserve
+
+    def busy_fresh(decision_id: str, index: int, *args: Any, **kwargs: Any) -> bool:
+        # Another request took fresh's budget between the affordability check and the hold.
+        return False if router._deployments[index].name == "fresh" else reserve(decision_id, index, *args, **kwargs)
+
+    monkeypatch.setattr(router, "_reserve", busy_fresh)
+    decision = router.route(topic_prompt("math", 1))
+    assert decision.deployment in {"big", "small"} and decision.phase != "explore"
+
+
+def test_a_tiny_exploration_share_never_fails_a_route(make_router: Callable[..., Router]) -> None:
+    router = _router(make_router, exploration=5e-324)
+    assert router.route(topic_prompt("math", 1)).deployment

@@ -134,3 +134,22 @@ def test_the_build_command_profiles_the_history_in_use(tmp_path: Path, embedder:
     profile = ProfileSet.load(out)
     assert len(profile.prompts) == 6 and profile.clusters == 3 and profile.embedding_model == embedder.name
     assert {p.task for p in profile.prompts} == set(TOPICS)
+
+
+def test_a_profile_set_that_does_not_fit_the_router_is_named_in_the_error(
+    tmp_path: Path, embedder: HashingEmbedder
+) -> None:
+    from llm_router_plugin import Router, RouterConfig
+
+    narrow = ProfileSet((ProfilePrompt(id="a", prompt="q", cluster=0),), np.eye(1, 3, dtype=np.float32),
+                        embedder.name)  # the router's embedder name, the wrong width
+    narrow.save(tmp_path / "narrow.jsonl")
+    base = {"data_dir": str(tmp_path / "d"), "embedding_model": embedder.name,
+            "deployments": [{"name": "a", "model": "m"}]}
+    router = Router(RouterConfig.from_dict({**base, "profile_set": str(tmp_path / "narrow.jsonl")}),
+                    embedder=embedder)
+    with pytest.raises(ValueError, match=r"profile_set.*dimension 3.*64"):
+        router.route("a query")
+    assert router.status().decisions == 0
+    with pytest.raises(ValueError, match="profile_set"):
+        Router(RouterConfig.from_dict({**base, "profile_set": str(tmp_path)}), embedder=embedder)  # a folder
