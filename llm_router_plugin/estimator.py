@@ -178,6 +178,11 @@ def combine(neighbours: Neighbours, means: np.ndarray, config: EstimatorConfig,
         estimate = _blend(estimate, cluster[0], share)
         # A model the neighbours know little of could answer as long as its longest answer in the cluster.
         high = np.where(share[:, :, None] < 1, np.fmax(high, cluster[1]), high)
+    # A model no record gives a length for (unknown, or onboarded from an endpoint without usage) could answer as
+    # long as any model would here: a prior of a few hundred tokens would under-hold it.
+    unsized = ~np.isfinite(high[:, :, _COMPLETION])
+    longest = np.max(np.where(unsized, -np.inf, high[:, :, _COMPLETION]), axis=1, keepdims=True)
+    high[:, :, _COMPLETION] = np.where(unsized, longest, high[:, :, _COMPLETION])
     high = np.fmax(estimate, high)
     return Estimates(
         profiles=neighbours.profiles,

@@ -193,6 +193,8 @@ class ChromaHistory:
             collection, embedding_function=None, configuration={"hnsw": {"space": "cosine", "num_threads": 1}}
         )
         self._lock = threading.Lock()
+        # Held across a write and the statistics it changes (the lock above guards the caches only).
+        self._write_lock = threading.Lock()
         self._stats: _Stats | None = None
         self._exact_max = exact_search_max
         self._exact: ExactIndex | None = None
@@ -224,29 +226,33 @@ class ChromaHistory:
             records: the records; written in batches Chroma accepts.
         """
         for start in range(0, len(records), _CHROMA_MAX_BATCH):
-            batch = records[start : start + _CHROMA_MAX_BATCH]
-            replaced = self.existing_ids([r.id for r in batch])
-            texts = [r.text for r in batch]
-            metadatas = [r.metadata() for r in batch]
-            self._collection.upsert(
-                ids=[r.id for r in batch],
-                embeddings=np.asarray([r.embedding for r in batch], dtype=np.float32),
-                metadatas=[m or None for m in metadatas],
-                documents=texts if all(t is not None for t in texts) else None,
-            )
-            with self._lock:
-                if replaced:
-                    # Replaced values cannot be subtracted cheaply: rescan on next use.
-                    self._stats = self._clusters = None
-                else:
-                    if self._stats is not None:
-                        for meta in metadatas:
-                            self._stats.add(meta, +1)
-                        self._stats.records += len(batch)
-                    if self._clusters is not None:
-                        self._clusters.add(np.asarray([r.embedding for r in batch]), metadatas, +1)
-                if self._exact is not None:
-                    self._exact.upsert([r.id for r in batch], np.asarray([r.embedding for r in batch]), metadatas)
+            with self._write_lock:
+                self._upsert_batch(records[start : start + _CHROMA_MAX_BATCH])
+
+    def _upsert_batch(self, batch: Sequence[HistoryRecord]) -> None:
+        """Write one batch and move the cached statistics with it."""
+        replaced = self.existing_ids([r.id for r in batch])
+        texts = [r.text for r in batch]
+        metadatas = [r.metadata() for r in batch]
+        self._collection.upsert(
+            ids=[r.id for r in batch],
+            embeddings=np.asarray([r.embedding for r in batch], dtype=np.float32),
+            metadatas=[m or None for m in metadatas],
+            documents=texts if all(t is not None for t in texts) else None,
+        )
+        with self._lock:
+            if replaced:
+                # Replaced values cannot be subtracted cheaply: rescan on next use.
+                self._stats = self._clusters = None
+            else:
+                if self._stats is not None:
+                    for meta in metadatas:
+                        self._stats.add(meta, +1)
+                    self._stats.records += len(batch)
+                if self._clusters is not None:
+                    self._clusters.add(np.asarray([r.embedding for r in batch]), metadatas, +1)
+            if self._exact is not None:
+                self._exact.upsert([r.id for r in batch], np.asarray([r.embedding for r in batch]), metadatas)
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         """The subset of ``ids`` already stored."""
@@ -262,13 +268,20 @@ class ChromaHistory:
         Raises:
             KeyError: no record has that id.
         """
-        got = self._collection.get(ids=[record_id], include=["metadatas", "embeddings"])
-        if not got["ids"]:
-            raise KeyError(f"record_id: no history record {record_id!r}")
         new = outcome.metadata(profile)
-        old = {k: v for k, v in ((got["metadatas"] or [{}])[0] or {}).items() if k in new}
-        self._collection.update(ids=[record_id], metadatas=[new])
-        vector = np.asarray(got["embeddings"], dtype=np.float32).reshape(1, -1)
+        if not new:
+            return  # nothing to merge (Chroma refuses an empty update)
+        with self._write_lock:  # read, write and adjust the statistics as one step, or two merges count twice
+            got = self._collection.get(ids=[record_id], include=["metadatas", "embeddings"])
+            if not got["ids"]:
+                raise KeyError(f"record_id: no history record {record_id!r}")
+            old = {k: v for k, v in ((got["metadatas"] or [{}])[0] or {}).items() if k in new}
+            self._collection.update(ids=[record_id], metadatas=[new])
+            vector = np.asarray(got["embeddings"], dtype=np.float32).reshape(1, -1)
+            self._adjust(record_id, vector, old, new)
+
+    def _adjust(self, record_id: str, vector: np.ndarray, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        """Move the cached statistics and exact index from a record's ``old`` fields to its ``new`` ones."""
         with self._lock:
             if self._exact is not None:
                 self._exact.merge_metadata(record_id, new)

@@ -14,16 +14,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from llm_router_plugin.embedding import Embedder
 from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
 from llm_router_plugin.profiles import ProfilePrompt, ProfileSet
+from llm_router_plugin.validation import amount, score, token_count
 
 _OUTCOME_KEYS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
 #: Unified-schema column suffixes of a model → the results-file keys.
@@ -85,25 +83,25 @@ def _value(raw: dict[str, Any], key: str) -> Any:
     return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
-def _outcome(raw: dict[str, Any]) -> ModelOutcome:
-    fields: dict[str, Any] = {}
-    for key in _OUTCOME_KEYS:
-        value = _value(raw, key)
-        if value is None:
-            continue
-        number = float(value) if isinstance(value, str) else value
-        if isinstance(number, float) and not math.isfinite(number):
-            raise ValueError(f"{key}={value!r} is not a finite number")
-        if key in ("prompt_tokens", "completion_tokens"):
-            if isinstance(number, bool) or float(number) != int(number):
-                raise ValueError(f"{key}={value!r} is not a whole number")
-            number = int(number)
-        fields[key] = number
+def _number(key: str, value: Any) -> Any:
+    """A CSV cell's text as a number (JSON values pass through to the checks)."""
+    if not isinstance(value, str):
+        return value
     try:
-        return ModelOutcome(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{first['loc'][0]}: {first['msg']}") from None
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{key}: {value[:40]!r} is not a number") from None
+
+
+_CHECKS = {"quality": score, "prompt_tokens": token_count, "completion_tokens": token_count, "cost_usd": amount}
+
+
+def _outcome(raw: dict[str, Any]) -> ModelOutcome:
+    fields = {key: _CHECKS[key](key, _number(key, value)) for key in _OUTCOME_KEYS
+              if (value := _value(raw, key)) is not None}
+    if not fields:
+        raise ValueError(f"no outcome: the row has none of {', '.join(_OUTCOME_KEYS)}")
+    return ModelOutcome.model_validate(fields)
 
 
 def read_results(path: str | Path, profile: ProfileSet, model: str) -> ProfileResults:
@@ -142,14 +140,13 @@ def read_results(path: str | Path, profile: ProfileSet, model: str) -> ProfileRe
             prompt = profile.find(str(key))
             if prompt is None:
                 raise ValueError(f"id: {str(key)[:60]!r} is not a prompt of the profile set")
-            outcome = _outcome(raw)
+            if _value(raw, "error") is not None and _value(raw, "quality") is None \
+                    and _value(raw, "completion_tokens") is None:
+                parsed.skipped += 1  # the call failed: nothing was learned about the model
+                continue
+            parsed.outcomes[prompt.id] = (prompt, _outcome(raw))
         except (ValueError, TypeError) as exc:
             parsed.errors[number] = str(exc)
-            continue
-        if _value(raw, "error") is not None and outcome.quality is None and outcome.completion_tokens is None:
-            parsed.skipped += 1
-            continue
-        parsed.outcomes[prompt.id] = (prompt, outcome)
     return parsed
 
 

@@ -77,12 +77,16 @@ def test_onboarding_writes_each_answer_into_history_once(
     ({"prompt": "an unknown prompt", "quality": 1.0}, "not a prompt of the profile set"),
     ({"quality": 1.0}, "names no profile prompt"),
     ({"id": "math-0", "quality": 1.5}, "quality"),
-    ({"id": "math-0", "quality": "NaN"}, "finite"),
+    ({"id": "math-0", "quality": "NaN"}, "quality: must be a number in [0, 1]"),
     ({"id": "math-0", "completion_tokens": -3}, "completion_tokens"),
-    ({"id": "math-0", "completion_tokens": 2.5}, "whole number"),
+    ({"id": "math-0", "completion_tokens": 2.5}, "completion_tokens: must be a whole"),
     ({"id": "math-0", "cost_usd": -1}, "cost_usd"),
     ({"id": "math-0", "model": "other-model", "quality": 1.0}, "not 'new-model'"),
     ("just a string", "not a JSON object"),
+    ({"id": "math-0"}, "no outcome"),
+    ({"id": "math-0", "quality": None, "prompt_tokens": ""}, "no outcome"),
+    ({"id": "math-0", "prompt_tokens": 10**400}, "prompt_tokens"),
+    ({"id": "math-0", "cost_usd": 10**400}, "cost_usd"),
 ])
 def test_an_invalid_row_is_reported_by_line_and_nothing_is_written(
     tmp_path: Path, profile: ProfileSet, store: ChromaHistory, embedder: HashingEmbedder, row: Any, message: str

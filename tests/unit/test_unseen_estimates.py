@@ -3,6 +3,7 @@ estimates as their own outcomes accumulate near a query."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,47 @@ def test_an_onboarded_model_holds_its_longest_profile_answer(store: ChromaHistor
     # Few neighbours know the new model: its hold covers the longest answer it gave in this cluster.
     assert estimates.completion_tokens_high[0, 2] == 900
     assert estimates.completion_tokens[0, 2] < 900
+
+
+def test_a_model_without_token_counts_is_held_at_the_longest_answer_any_model_gave(
+    store: ChromaHistory, embedder: HashingEmbedder
+) -> None:
+    # Onboarded from an endpoint that reported no usage: scores only, no completion tokens to size its hold on.
+    for i in range(3):
+        store.update_outcome(f"math-{i}", NEW, ModelOutcome(quality=0.9))
+    estimator = KnnEstimator(store, EstimatorConfig(region_weight=0, tie_break=0), _centres(embedder))
+    estimates = estimator.estimate(embedder.embed([topic_prompt("math", 99)]), PROFILES)
+    assert estimates.completion_tokens_high[0, 2] >= 900  # big-model's answers near this query are 900 tokens
+
+
+def test_two_concurrent_merges_into_one_record_count_once(store: ChromaHistory) -> None:
+    import threading
+
+    collection = store._collection
+    original = collection.get
+    meeting = threading.Barrier(2, timeout=2)
+
+    class Meeting:
+        """Lets both merges read the record before either writes, if nothing keeps them apart."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(collection, name)
+
+        def get(self, *args: object, **kwargs: object) -> object:
+            got = original(*args, **kwargs)
+            if kwargs.get("include") == ["metadatas", "embeddings"]:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    meeting.wait()
+            return got
+
+    store.profile_means([NEW])  # statistics cached: merges now adjust them
+    store._collection = Meeting()
+    threads = [threading.Thread(target=store.update_outcome, args=("math-0", NEW, ModelOutcome(quality=q)))
+               for q in (0.0, 1.0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store._collection = collection
+    stats = store._cached_stats()
+    assert stats.counts[NEW][0] == 1  # one record carries the model's quality
