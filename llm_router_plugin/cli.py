@@ -382,6 +382,9 @@ def onboard(
                f"call(s) skipped; history now {history.count()} records")
     if report.scored == 0:
         typer.echo("note: no answer has a quality score, so quality estimates stay at the prior", err=True)
+    if not any(outcome.completion_tokens is not None for _, outcome in parsed.outcomes.values()):
+        typer.echo("note: no answer has token counts, so its calls are held at the longest answer any model gives "
+                   "near each query", err=True)
     if model not in {d.model for d in cfg.deployments}:
         typer.echo(f"note: no deployment in the config serves model {model!r} yet", err=True)
 

@@ -133,6 +133,10 @@ def test_the_command_onboards_and_a_bad_file_exits_with_the_line(
     assert "onboarded new-model: 3 profile outcome(s) (2 scored" in result.output
     assert "no deployment in the config serves model 'new-model'" in result.output
 
+    unsized = _write(tmp_path / "unsized.jsonl", [{"id": "math-0", "quality": 1}])
+    result = CliRunner().invoke(app, ["onboard", NEW, str(unsized), "-c", str(config)])
+    assert result.exit_code == 0 and "no answer has token counts" in result.output
+
     bad = _write(tmp_path / "bad.jsonl", [ROWS[0], {"id": "nope", "quality": 1}])
     result = CliRunner().invoke(app, ["onboard", NEW, str(bad), "-c", str(config)])
     assert result.exit_code == 2
