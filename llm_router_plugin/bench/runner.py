@@ -240,6 +240,13 @@ def _router_settings(options: BenchOptions, feedback: bool) -> RouterSettings:
     return RouterSettings(estimator=estimator, feedback=feedback or options.router.feedback, overrides=overrides)
 
 
+def embed_problem(problem: Problem, embedder: Embedder, cache: EmbeddingCache, progress: bool
+                  ) -> tuple[np.ndarray, CachedEmbedder]:
+    """The prompts' embeddings (from the cache, else computed once) and an embedder that returns them."""
+    vectors = cache.embeddings(problem.source, problem.prompts, embedder, progress=progress)
+    return vectors, CachedEmbedder(problem.prompts, vectors, embedder.name)
+
+
 def run_benchmark(problem: Problem, embedder: Embedder, options: BenchOptions, cache: EmbeddingCache,
                   progress: bool = True) -> BenchResult:
     """Run the protocol on a data set.
@@ -257,8 +264,7 @@ def run_benchmark(problem: Problem, embedder: Embedder, options: BenchOptions, c
     from tqdm import tqdm
 
     started = time.perf_counter()
-    vectors = cache.embeddings(problem.source, problem.prompts, embedder, progress=progress)
-    cached = CachedEmbedder(problem.prompts, vectors, embedder.name)
+    vectors, cached = embed_problem(problem, embedder, cache, progress)
     jobs = [(seed, split, options.multiplier) for seed in options.seeds for split in options.splits]
     jobs += [(options.seeds[0], split, m) for split in options.splits for m in options.plot_multipliers
              if m != options.multiplier]

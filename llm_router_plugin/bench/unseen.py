@@ -31,7 +31,7 @@ from llm_router_plugin.bench.knn import ExactHistory, plain_config
 from llm_router_plugin.bench.optima import offline_optimum
 from llm_router_plugin.bench.protocol import SPLITS, Problem, budgets, split_rows
 from llm_router_plugin.bench.replay import CachedEmbedder, RouterSettings, Stream, run_router
-from llm_router_plugin.bench.runner import scratch_folder
+from llm_router_plugin.bench.runner import embed_problem, scratch_folder
 from llm_router_plugin.embedding import Embedder
 from llm_router_plugin.estimator import Estimates, Estimator, KnnEstimator, tie_offsets
 from llm_router_plugin.history import ChromaHistory
@@ -347,8 +347,7 @@ def run_unseen(problem: Problem, embedder: Embedder, options: UnseenOptions, cac
     from tqdm import tqdm
 
     started = time.perf_counter()
-    vectors = cache.embeddings(problem.source, problem.prompts, embedder, progress=progress)
-    cached = CachedEmbedder(problem.prompts, vectors, embedder.name)
+    vectors, cached = embed_problem(problem, embedder, cache, progress)
     trials = []
     with scratch_folder() as folder:
         for seed in tqdm(options.seeds, desc="unseen-model trials", unit="trial", disable=not progress):
