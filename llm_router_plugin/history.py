@@ -13,6 +13,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ _PREFIX = {"quality": "q", "prompt_tokens": "pt", "completion_tokens": "ct", "co
 _CHROMA_MAX_BATCH = 5000
 #: Seconds between checks that the in-memory exact index still has the store's size (another process may write).
 EXACT_RECHECK_S = 5.0
+#: Collection metadata key changed by every merge into an existing record, so that other processes reload their caches.
+MERGE_TOKEN = "llm_router_merge"
 #: Hits (queries × neighbours) read per Chroma query call: its metadata lookup must stay under SQLite's variable limit.
 _QUERY_HITS = 20_000
 
@@ -200,6 +203,8 @@ class ChromaHistory:
         self._exact: ExactIndex | None = None
         self._exact_checked = -math.inf
         self._clusters: _ClusterStats | None = None
+        self._merge_token = self._stored_merge_token()
+        self._merge_checked = time.monotonic()
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> ChromaHistory:
@@ -279,6 +284,11 @@ class ChromaHistory:
             self._collection.update(ids=[record_id], metadatas=[new])
             vector = np.asarray(got["embeddings"], dtype=np.float32).reshape(1, -1)
             self._adjust(record_id, vector, old, new)
+            # A merge leaves the record count as it was: other processes watch this token to reload their caches.
+            token = uuid.uuid4().hex
+            self._collection.modify(metadata={MERGE_TOKEN: token})
+            with self._lock:
+                self._merge_token = token
 
     def _adjust(self, record_id: str, vector: np.ndarray, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         """Move the cached statistics and exact index from a record's ``old`` fields to its ``new`` ones."""
@@ -341,6 +351,7 @@ class ChromaHistory:
         to is loaded again.
         """
         now = time.monotonic()
+        self._reload_if_merged(now)
         with self._lock:
             index, checked = self._exact, self._exact_checked
         if self._exact_max == 0:
@@ -361,6 +372,28 @@ class ChromaHistory:
         with self._lock:
             self._exact, self._exact_checked = index, now
         return index
+
+    def _stored_merge_token(self) -> str | None:
+        """The merge token in the store (read fresh: another process may have changed it)."""
+        collection = self._client.get_collection(self._collection.name, embedding_function=None)
+        return (collection.metadata or {}).get(MERGE_TOKEN)
+
+    def _reload_if_merged(self, now: float) -> None:
+        """Every :data:`EXACT_RECHECK_S` seconds: drop the caches if another process merged outcomes meanwhile
+        (``llm-router onboard`` or feedback next to a running router)."""
+        with self._lock:
+            if now - self._merge_checked < EXACT_RECHECK_S:
+                return
+            self._merge_checked = now
+        try:
+            stored = self._stored_merge_token()
+        except Exception as exc:  # the store is unreachable: keep serving from the caches
+            _log.warning("history merge check failed (%s); estimates may miss outcomes merged elsewhere", exc)
+            return
+        with self._lock:
+            if stored != self._merge_token:
+                self._merge_token = stored
+                self._stats = self._clusters = self._exact = None
 
     def _load_exact(self, total: int) -> ExactIndex:
         ids: list[str] = []

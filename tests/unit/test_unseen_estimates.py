@@ -155,3 +155,21 @@ def test_two_concurrent_merges_into_one_record_count_once(store: ChromaHistory) 
     store._collection = collection
     stats = store._cached_stats()
     assert stats.counts[NEW][0] == 1  # one record carries the model's quality
+
+
+def test_a_router_sees_outcomes_another_process_merged(
+    tmp_path: Path, store: ChromaHistory, embedder: HashingEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llm_router_plugin.history as history_module
+
+    monkeypatch.setattr(history_module, "EXACT_RECHECK_S", 0.0)  # check at every query, not every 5 s
+    centres = _centres(embedder)
+    estimator = KnnEstimator(store, EstimatorConfig(region_weight=0, tie_break=0), centres)
+    before = _quality(estimator, embedder, "chat")[2]
+    # `llm-router onboard` in another process: its own client on the same folder merges the profile outcomes.
+    other = ChromaHistory(tmp_path / "chroma")
+    for i in range(5):
+        other.update_outcome(f"chat-{i}", NEW, ModelOutcome(quality=1.0, completion_tokens=20))
+    after = _quality(estimator, embedder, "chat")[2]
+    assert before == pytest.approx(0.5) and after > 0.8
+    assert store.profile_means([NEW])[0][0] == pytest.approx(1.0)
