@@ -22,7 +22,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(wildcard integrations/*/pyp
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]' $(foreach d,$(INTEGRATIONS),-e '$(d:/=)[test]')
 	touch $@
 
+# The Redis ledger's tests start their own redis-server on 127.0.0.1 (a free port; a system service on 6379 is unused).
 install: $(VENV)/.installed
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
 demo: install
 	$(VENV)/bin/llm-router import

@@ -1,0 +1,375 @@
+"""A Redis budget ledger: the :class:`~llm_router_plugin.budget.BudgetLedger` semantics, shared by many hosts.
+
+Same promises as :class:`~llm_router_plugin.budget.SQLiteLedger`: a hold is granted atomically with the check that
+the limit covers its required headroom; ``settle`` replaces a hold (live, expired or released) by the actual usage
+once; ``release`` drops a hold or refunds its expiry charge; a hold whose outcome never came is charged at its
+reserved amount when it times out.
+
+Every state change runs in one Lua script over the keys of a single deployment and window, so two routers on
+different machines can never both take the last of a budget. Layout, all under the hash tag ``{namespace}`` (one
+cluster slot, so the scripts may touch any of them)::
+
+    {ns}:anchor                     epoch seconds window 0 started (SET NX: the first ledger to start sets it)
+    {ns}:state:<key>                a JSON value (``get_state``/``set_state``)
+    {ns}:decision:<id>              JSON ``[deployment, window]``: where a decision's hold lives
+    {ns}:w:<deployment>:<window>:spend   hash unit → amount charged (``%.17g`` text: exact doubles)
+    {ns}:w:<deployment>:<window>:holds   hash decision id → ``"<status> <tokens> <usd>"``
+    {ns}:w:<deployment>:<window>:live    sorted set of live holds, scored by their expiry time
+
+Keys of a deployment with a timed window expire ``window_seconds + ttl_margin_s`` after their last write; those of
+a ``"total"`` budget (or of a deployment whose window the ledger was not told) never expire.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from llm_router_plugin.budget import UNITS, Reservation, Settlement
+
+# Shared by the scripts. Amounts stay text in Redis: Lua's tostring keeps 14 digits, "%.17g" round-trips a double,
+# so the sums are the same doubles SQLite computes.
+_LUA_COMMON = """
+local function fmt(x) return string.format('%.17g', x) end
+
+local function parse(rec)
+  local status, tokens, usd = string.match(rec, '^(%S+) (%S+) (%S+)$')
+  return status, tonumber(tokens), tonumber(usd), tokens, usd
+end
+
+-- unpack() is bounded by Lua's C stack (about 8000 values): commands over many ids go in chunks.
+local function chunked(command, key, ids)
+  local out = {}
+  for first = 1, #ids, 1000 do
+    local part = redis.call(command, key, unpack(ids, first, math.min(first + 999, #ids)))
+    if type(part) == 'table' then for _, v in ipairs(part) do table.insert(out, v) end end
+  end
+  return out
+end
+
+local function charge(spend, unit, delta)
+  local current = tonumber(redis.call('HGET', spend, unit) or '0')
+  redis.call('HSET', spend, unit, fmt(current + delta))
+end
+
+-- Charge every live hold of this window whose time is up at its reserved amount (the call may have happened).
+-- Summed first, then added once: the same arithmetic as SQLiteLedger's GROUP BY.
+local function expire(spend, holds, live, now)
+  local stale = redis.call('ZRANGEBYSCORE', live, '-inf', now)
+  if #stale == 0 then return end
+  local tokens, usd = 0, 0
+  for _, id in ipairs(stale) do
+    local _, t, u, ts, us = parse(redis.call('HGET', holds, id))
+    tokens = tokens + t
+    usd = usd + u
+    redis.call('HSET', holds, id, 'expired ' .. ts .. ' ' .. us)
+  end
+  chunked('ZREM', live, stale)
+  charge(spend, 'tokens', tokens)
+  charge(spend, 'usd', usd)
+end
+
+local function held(holds, live)
+  local tokens, usd = 0, 0
+  local ids = redis.call('ZRANGE', live, 0, -1)
+  for _, rec in ipairs(chunked('HMGET', holds, ids)) do
+    local _, t, u = parse(rec)
+    tokens = tokens + t
+    usd = usd + u
+  end
+  return tokens, usd
+end
+
+-- Timed windows: keep the keys a while after their window, for late settlements; empty ttl = never expire.
+local function touch(ttl, keys)
+  if ttl ~= '' then
+    for _, key in ipairs(keys) do redis.call('PEXPIRE', key, ttl) end
+  end
+end
+"""
+
+# KEYS: spend, holds, live, decision index. ARGV: id, now, expires_at, tokens, usd, ttl_ms, index value, then
+# (unit, limit, need) triples. Returns 1 held, 0 refused, -1 the decision already has a hold.
+_RESERVE = _LUA_COMMON + """
+local spend, holds, live, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, now, ttl = ARGV[1], ARGV[2], ARGV[6]
+if redis.call('EXISTS', index) == 1 or redis.call('HEXISTS', holds, id) == 1 then return -1 end
+expire(spend, holds, live, now)
+local held_tokens, held_usd = held(holds, live)
+local i = 8
+while i + 2 <= #ARGV do
+  local unit, limit, need = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local spent = tonumber(redis.call('HGET', spend, unit) or '0')
+  local on_hold = 0
+  if unit == 'tokens' then on_hold = held_tokens elseif unit == 'usd' then on_hold = held_usd end
+  if spent + on_hold + need > limit then
+    touch(ttl, {spend, holds, live})
+    return 0
+  end
+  i = i + 3
+end
+redis.call('HSET', holds, id, 'held ' .. ARGV[4] .. ' ' .. ARGV[5])
+redis.call('ZADD', live, ARGV[3], id)
+redis.call('SET', index, ARGV[7])
+touch(ttl, {spend, holds, live, index})
+return 1
+"""
+
+# KEYS: spend, holds, live. ARGV: id, now, ttl_ms, then (unit, amount) pairs. Returns nil if there is nothing to
+# settle, else {status before, tokens held, usd held}.
+_SETTLE = _LUA_COMMON + """
+local spend, holds, live = KEYS[1], KEYS[2], KEYS[3]
+local id, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+expire(spend, holds, live, now)
+local rec = redis.call('HGET', holds, id)
+if not rec then return nil end
+local status, tokens, usd, ts, us = parse(rec)
+-- A released hold can still be settled: usage reported after a failure report means the call was answered.
+if status ~= 'held' and status ~= 'expired' and status ~= 'released' then return nil end
+redis.call('HSET', holds, id, 'settled ' .. ts .. ' ' .. us)
+redis.call('ZREM', live, id)
+local actual = {}
+local units = {}
+for i = 4, #ARGV - 1, 2 do
+  actual[ARGV[i]] = tonumber(ARGV[i + 1])
+  table.insert(units, ARGV[i])
+end
+if status == 'expired' then
+  -- The expiry charged the reserved amount: replace it by the actual usage (tokens and usd, as SQLiteLedger).
+  charge(spend, 'tokens', (actual['tokens'] or 0) - tokens)
+  charge(spend, 'usd', (actual['usd'] or 0) - usd)
+else
+  for _, unit in ipairs(units) do charge(spend, unit, actual[unit]) end
+end
+touch(ttl, {spend, holds, live})
+return {status, ts, us}
+"""
+
+# KEYS: spend, holds, live. ARGV: id, ttl_ms. Returns 1 if a hold was dropped or its expiry charge refunded.
+# No expiry pass, as SQLiteLedger: releasing a hold past its time without the charge nets the same as both.
+_RELEASE = _LUA_COMMON + """
+local spend, holds, live = KEYS[1], KEYS[2], KEYS[3]
+local id, ttl = ARGV[1], ARGV[2]
+local rec = redis.call('HGET', holds, id)
+if not rec then return 0 end
+local status, tokens, usd, ts, us = parse(rec)
+if status ~= 'held' and status ~= 'expired' then return 0 end
+redis.call('HSET', holds, id, 'released ' .. ts .. ' ' .. us)
+redis.call('ZREM', live, id)
+if status == 'expired' then
+  charge(spend, 'tokens', -tokens)
+  charge(spend, 'usd', -usd)
+end
+touch(ttl, {spend, holds, live})
+return 1
+"""
+
+# KEYS: spend, holds, live. ARGV: now, ttl_ms. Returns {spend hash as a flat list, tokens held, usd held}.
+_USAGE = _LUA_COMMON + """
+local spend, holds, live = KEYS[1], KEYS[2], KEYS[3]
+expire(spend, holds, live, ARGV[1])
+touch(ARGV[2], {spend, holds, live})
+local tokens, usd = held(holds, live)
+return {redis.call('HGETALL', spend), fmt(tokens), fmt(usd)}
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _num(value: float) -> str:
+    # repr is the shortest text that parses back to the same double (Lua's tonumber reads it exactly).
+    return repr(float(value))
+
+
+class RedisLedger:
+    """The budget ledger on a Redis server: every check-and-hold, settlement and expiry is one Lua script.
+
+    Args:
+        client_or_url: a ``redis.Redis`` client (its pool is shared by every thread) or a ``redis://`` URL.
+        namespace: prefix of every key; routers sharing budgets share a namespace, others must not.
+        window_seconds: deployment → its window length in seconds (``None``: ``"total"``). Keys of a timed window
+            expire ``ttl_margin_s`` after the window; deployments not listed keep their keys forever.
+        ttl_margin_s: how long a timed window's keys outlive it, for settlements that arrive late.
+
+    Raises:
+        ValueError: the namespace is empty or holds ``{`` or ``}``, a window is not positive, the margin negative.
+        redis.RedisError: the server cannot be reached (the anchor is read at start).
+    """
+
+    def __init__(
+        self,
+        client_or_url: redis.Redis | str,
+        *,
+        namespace: str = "llm-router",
+        window_seconds: Mapping[str, float | None] | None = None,
+        ttl_margin_s: float = 3600.0,
+    ) -> None:
+        # The namespace is the key's hash tag: braces inside it would move the tag and mix namespaces.
+        if not namespace or "{" in namespace or "}" in namespace:
+            raise ValueError(f"namespace must be non-empty and without braces, got {namespace!r}")
+        windows = dict(window_seconds or {})
+        for name, seconds in windows.items():
+            if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+                raise ValueError(f"window_seconds: {name}={seconds} must be a positive number of seconds or None")
+        if not (math.isfinite(ttl_margin_s) and ttl_margin_s >= 0):
+            raise ValueError(f"ttl_margin_s must be finite and non-negative, got {ttl_margin_s}")
+        self._owns_client = isinstance(client_or_url, str)
+        self.client: redis.Redis = (
+            redis.Redis.from_url(client_or_url, decode_responses=True)
+            if isinstance(client_or_url, str)
+            else client_or_url
+        )
+        self.namespace = namespace
+        self._prefix = "{" + namespace + "}"
+        self._windows = windows
+        self._margin = ttl_margin_s
+        self._reserve = self.client.register_script(_RESERVE)
+        self._settle = self.client.register_script(_SETTLE)
+        self._release = self.client.register_script(_RELEASE)
+        self._usage = self.client.register_script(_USAGE)
+        # Every ledger on the namespace counts windows from the same instant: the first to start sets it.
+        self.client.set(f"{self._prefix}:anchor", _num(time.time()), nx=True)
+        self._anchor = float(_text(self.client.get(f"{self._prefix}:anchor")))
+
+    @property
+    def anchor(self) -> float:
+        """Epoch seconds at which window 0 started (set by the first ledger on the namespace)."""
+        return self._anchor
+
+    def close(self) -> None:
+        """Close the client if the ledger made it from a URL (a client passed in belongs to the caller)."""
+        if self._owns_client:
+            self.client.close()
+
+    def _keys(self, deployment: str, window: int) -> list[str]:
+        # The window is an integer and the suffix fixed, so a deployment name with colons cannot collide.
+        base = f"{self._prefix}:w:{deployment}:{int(window)}"
+        return [f"{base}:spend", f"{base}:holds", f"{base}:live"]
+
+    def _index_key(self, decision_id: str) -> str:
+        return f"{self._prefix}:decision:{decision_id}"
+
+    def _ttl_ms(self, deployment: str) -> str:
+        seconds = self._windows.get(deployment)
+        return "" if seconds is None else str(math.ceil((seconds + self._margin) * 1000))
+
+    def _where(self, decision_id: str) -> tuple[str, int] | None:
+        # The index is written once, with the hold, by the reserve script: reading it first is no race.
+        raw = self.client.get(self._index_key(decision_id))
+        if raw is None:
+            return None
+        deployment, window = json.loads(_text(raw))
+        return str(deployment), int(window)
+
+    def try_reserve(self, reservation: Reservation, now: float | None = None) -> bool:
+        """Hold the reservation's amounts if every limited unit covers its required headroom (atomic check-and-hold).
+
+        Args:
+            reservation: what to hold, where, and the limits to respect.
+            now: the clock (epoch seconds); defaults to ``time.time()``.
+
+        Returns:
+            True if held; False if some limit would be exceeded (nothing is held then).
+
+        Raises:
+            ValueError: an amount is negative or a unit is unknown, or the decision already has a hold.
+        """
+        now = time.time() if now is None else now
+        required = reservation.amounts if reservation.required is None else reservation.required
+        for name, amounts in (("amounts", reservation.amounts), ("required", required)):
+            for unit, amount in amounts.items():
+                if unit not in UNITS or amount < 0 or not math.isfinite(amount):
+                    raise ValueError(f"{name}: {unit}={amount} must be a known unit with a finite, non-negative amount")
+        checks: list[str] = []
+        for unit, limit in reservation.limits.items():
+            need = max(required.get(unit, 0.0), reservation.amounts.get(unit, 0.0))
+            checks += [unit, _num(limit), _num(need)]  # "inf" and "nan" read as in Python (C strtod)
+        deployment, window = reservation.deployment, int(reservation.window)
+        result = self._reserve(
+            keys=[*self._keys(deployment, window), self._index_key(reservation.decision_id)],
+            args=[
+                reservation.decision_id, _num(now), _num(reservation.expires_at),
+                _num(reservation.amounts.get("tokens", 0.0)), _num(reservation.amounts.get("usd", 0.0)),
+                self._ttl_ms(deployment), json.dumps([deployment, window]), *checks,
+            ],
+        )
+        if int(result) < 0:
+            raise ValueError(f"decision_id: {reservation.decision_id!r} already has a hold")
+        return int(result) == 1
+
+    def settle(self, decision_id: str, actual: Mapping[str, float], now: float | None = None) -> Settlement | None:
+        """Charge a decision's actual usage to its deployment and window, dropping its hold.
+
+        A hold that expired was charged at its reserved amount; settling it replaces that charge by the actual usage.
+        A released hold is charged the actual usage (the call was answered after all). Settling twice charges once.
+
+        Args:
+            decision_id: the decision.
+            actual: unit → actual usage.
+            now: the clock.
+
+        Returns:
+            What was held and charged, or ``None`` if the decision is unknown or already settled.
+
+        Raises:
+            ValueError: an actual amount is not finite (it would poison the shared totals).
+        """
+        now = time.time() if now is None else now
+        for unit, amount in actual.items():
+            if not math.isfinite(amount):
+                raise ValueError(f"actual: {unit}={amount} must be finite")
+        where = self._where(decision_id)
+        if where is None:
+            return None
+        deployment, window = where
+        pairs = [item for unit, amount in actual.items() for item in (unit, _num(amount))]
+        result = self._settle(
+            keys=self._keys(deployment, window), args=[decision_id, _num(now), self._ttl_ms(deployment), *pairs]
+        )
+        if result is None:
+            return None
+        status, tokens, usd = (_text(v) for v in result)
+        return Settlement(deployment, {"tokens": float(tokens), "usd": float(usd)}, dict(actual), status == "expired")
+
+    def release(self, decision_id: str) -> bool:
+        """Drop a live hold, or refund an expired hold's charge: the call failed, nothing was spent.
+
+        Returns:
+            True if a hold was dropped or refunded.
+        """
+        where = self._where(decision_id)
+        if where is None:
+            return False
+        deployment, window = where
+        result = self._release(keys=self._keys(deployment, window), args=[decision_id, self._ttl_ms(deployment)])
+        return int(result) == 1
+
+    def usage(
+        self, deployment: str, window: int, now: float | None = None
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Spent and currently held amounts of a deployment in a window, by unit."""
+        now = time.time() if now is None else now
+        flat, tokens, usd = self._usage(
+            keys=self._keys(deployment, window), args=[_num(now), self._ttl_ms(deployment)]
+        )
+        spent = dict.fromkeys(UNITS, 0.0)
+        pairs = [_text(v) for v in flat]
+        for unit, amount in zip(pairs[::2], pairs[1::2], strict=True):
+            spent[unit] = float(amount)
+        return spent, {"tokens": float(_text(tokens)), "usd": float(_text(usd))}
+
+    def get_state(self, key: str) -> Any:
+        """A persisted JSON value, or ``None``."""
+        raw = self.client.get(f"{self._prefix}:state:{key}")
+        return None if raw is None else json.loads(_text(raw))
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Persist a JSON value (never expires)."""
+        self.client.set(f"{self._prefix}:state:{key}", json.dumps(value))
