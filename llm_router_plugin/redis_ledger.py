@@ -15,6 +15,7 @@ cluster slot, so the scripts may touch any of them)::
     {ns}:w:<deployment>:<window>:spend   hash unit → amount charged (``%.17g`` text: exact doubles)
     {ns}:w:<deployment>:<window>:holds   hash decision id → ``"<status> <tokens> <usd>"``
     {ns}:w:<deployment>:<window>:live    sorted set of live holds, scored by their expiry time
+    {ns}:w:<deployment>:<window>:held    hash unit → sum of the live holds (zeroed when the last one goes)
 
 Keys of a deployment with a timed window expire ``window_seconds + ttl_margin_s`` after their last write; those of
 a ``"total"`` budget (or of a deployment whose window the ledger was not told) never expire.
@@ -32,8 +33,8 @@ import redis
 
 from llm_router_plugin.budget import UNITS, Reservation, Settlement
 
-# Shared by the scripts. Amounts stay text in Redis: Lua's tostring keeps 14 digits, "%.17g" round-trips a double,
-# so the sums are the same doubles SQLite computes.
+# Shared by the scripts. Amounts stay text in Redis and the arithmetic is Lua's (doubles, like SQLite's REAL): Lua's
+# tostring keeps 14 digits, "%.17g" round-trips a double, so spend adds up to the same doubles SQLite computes.
 _LUA_COMMON = """
 local function fmt(x) return string.format('%.17g', x) end
 
@@ -42,14 +43,11 @@ local function parse(rec)
   return status, tonumber(tokens), tonumber(usd), tokens, usd
 end
 
--- unpack() is bounded by Lua's C stack (about 8000 values): commands over many ids go in chunks.
-local function chunked(command, key, ids)
-  local out = {}
+-- unpack() is bounded by Lua's C stack (about 8000 values): ZREM of many ids goes in chunks.
+local function zrem(live, ids)
   for first = 1, #ids, 1000 do
-    local part = redis.call(command, key, unpack(ids, first, math.min(first + 999, #ids)))
-    if type(part) == 'table' then for _, v in ipairs(part) do table.insert(out, v) end end
+    redis.call('ZREM', live, unpack(ids, first, math.min(first + 999, #ids)))
   end
-  return out
 end
 
 local function charge(spend, unit, delta)
@@ -57,9 +55,20 @@ local function charge(spend, unit, delta)
   redis.call('HSET', spend, unit, fmt(current + delta))
 end
 
+-- Live holds are summed as they come and go, so a script costs O(1) per hold and never O(live holds) (a script
+-- blocks the whole server). When the last live hold goes the sums are zeroed: rounding never leaves 1e-13 "held".
+local function unhold(held, live, tokens, usd)
+  if redis.call('ZCARD', live) == 0 then
+    redis.call('DEL', held)
+  else
+    charge(held, 'tokens', -tokens)
+    charge(held, 'usd', -usd)
+  end
+end
+
 -- Charge every live hold of this window whose time is up at its reserved amount (the call may have happened).
 -- Summed first, then added once: the same arithmetic as SQLiteLedger's GROUP BY.
-local function expire(spend, holds, live, now)
+local function expire(spend, holds, live, held, now)
   local stale = redis.call('ZRANGEBYSCORE', live, '-inf', now)
   if #stale == 0 then return end
   local tokens, usd = 0, 0
@@ -69,20 +78,14 @@ local function expire(spend, holds, live, now)
     usd = usd + u
     redis.call('HSET', holds, id, 'expired ' .. ts .. ' ' .. us)
   end
-  chunked('ZREM', live, stale)
+  zrem(live, stale)
+  unhold(held, live, tokens, usd)
   charge(spend, 'tokens', tokens)
   charge(spend, 'usd', usd)
 end
 
-local function held(holds, live)
-  local tokens, usd = 0, 0
-  local ids = redis.call('ZRANGE', live, 0, -1)
-  for _, rec in ipairs(chunked('HMGET', holds, ids)) do
-    local _, t, u = parse(rec)
-    tokens = tokens + t
-    usd = usd + u
-  end
-  return tokens, usd
+local function held_sums(held)
+  return tonumber(redis.call('HGET', held, 'tokens') or '0'), tonumber(redis.call('HGET', held, 'usd') or '0')
 end
 
 -- Timed windows: keep the keys a while after their window, for late settlements; empty ttl = never expire.
@@ -93,14 +96,14 @@ local function touch(ttl, keys)
 end
 """
 
-# KEYS: spend, holds, live, decision index. ARGV: id, now, expires_at, tokens, usd, ttl_ms, index value, then
+# KEYS: spend, holds, live, held, decision index. ARGV: id, now, expires_at, tokens, usd, ttl_ms, index value, then
 # (unit, limit, need) triples. Returns 1 held, 0 refused, -1 the decision already has a hold.
 _RESERVE = _LUA_COMMON + """
-local spend, holds, live, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local spend, holds, live, held, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, now, ttl = ARGV[1], ARGV[2], ARGV[6]
 if redis.call('EXISTS', index) == 1 or redis.call('HEXISTS', holds, id) == 1 then return -1 end
-expire(spend, holds, live, now)
-local held_tokens, held_usd = held(holds, live)
+expire(spend, holds, live, held, now)
+local held_tokens, held_usd = held_sums(held)
 local i = 8
 while i + 2 <= #ARGV do
   local unit, limit, need = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
@@ -108,31 +111,36 @@ while i + 2 <= #ARGV do
   local on_hold = 0
   if unit == 'tokens' then on_hold = held_tokens elseif unit == 'usd' then on_hold = held_usd end
   if spent + on_hold + need > limit then
-    touch(ttl, {spend, holds, live})
+    touch(ttl, {spend, holds, live, held})
     return 0
   end
   i = i + 3
 end
 redis.call('HSET', holds, id, 'held ' .. ARGV[4] .. ' ' .. ARGV[5])
 redis.call('ZADD', live, ARGV[3], id)
+charge(held, 'tokens', tonumber(ARGV[4]))
+charge(held, 'usd', tonumber(ARGV[5]))
 redis.call('SET', index, ARGV[7])
-touch(ttl, {spend, holds, live, index})
+touch(ttl, {spend, holds, live, held, index})
 return 1
 """
 
-# KEYS: spend, holds, live. ARGV: id, now, ttl_ms, then (unit, amount) pairs. Returns nil if there is nothing to
+# KEYS: spend, holds, live, held. ARGV: id, now, ttl_ms, then (unit, amount) pairs. Returns nil if there is nothing to
 # settle, else {status before, tokens held, usd held}.
 _SETTLE = _LUA_COMMON + """
-local spend, holds, live = KEYS[1], KEYS[2], KEYS[3]
+local spend, holds, live, held = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, now, ttl = ARGV[1], ARGV[2], ARGV[3]
-expire(spend, holds, live, now)
+expire(spend, holds, live, held, now)
 local rec = redis.call('HGET', holds, id)
 if not rec then return nil end
 local status, tokens, usd, ts, us = parse(rec)
 -- A released hold can still be settled: usage reported after a failure report means the call was answered.
 if status ~= 'held' and status ~= 'expired' and status ~= 'released' then return nil end
 redis.call('HSET', holds, id, 'settled ' .. ts .. ' ' .. us)
-redis.call('ZREM', live, id)
+if status == 'held' then
+  redis.call('ZREM', live, id)
+  unhold(held, live, tokens, usd)
+end
 local actual = {}
 local units = {}
 for i = 4, #ARGV - 1, 2 do
@@ -146,35 +154,37 @@ if status == 'expired' then
 else
   for _, unit in ipairs(units) do charge(spend, unit, actual[unit]) end
 end
-touch(ttl, {spend, holds, live})
+touch(ttl, {spend, holds, live, held})
 return {status, ts, us}
 """
 
-# KEYS: spend, holds, live. ARGV: id, ttl_ms. Returns 1 if a hold was dropped or its expiry charge refunded.
+# KEYS: spend, holds, live, held. ARGV: id, ttl_ms. Returns 1 if a hold was dropped or its expiry charge refunded.
 # No expiry pass, as SQLiteLedger: releasing a hold past its time without the charge nets the same as both.
 _RELEASE = _LUA_COMMON + """
-local spend, holds, live = KEYS[1], KEYS[2], KEYS[3]
+local spend, holds, live, held = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, ttl = ARGV[1], ARGV[2]
 local rec = redis.call('HGET', holds, id)
 if not rec then return 0 end
 local status, tokens, usd, ts, us = parse(rec)
 if status ~= 'held' and status ~= 'expired' then return 0 end
 redis.call('HSET', holds, id, 'released ' .. ts .. ' ' .. us)
-redis.call('ZREM', live, id)
-if status == 'expired' then
+if status == 'held' then
+  redis.call('ZREM', live, id)
+  unhold(held, live, tokens, usd)
+else
   charge(spend, 'tokens', -tokens)
   charge(spend, 'usd', -usd)
 end
-touch(ttl, {spend, holds, live})
+touch(ttl, {spend, holds, live, held})
 return 1
 """
 
-# KEYS: spend, holds, live. ARGV: now, ttl_ms. Returns {spend hash as a flat list, tokens held, usd held}.
+# KEYS: spend, holds, live, held. ARGV: now, ttl_ms. Returns {spend hash as a flat list, tokens held, usd held}.
 _USAGE = _LUA_COMMON + """
-local spend, holds, live = KEYS[1], KEYS[2], KEYS[3]
-expire(spend, holds, live, ARGV[1])
-touch(ARGV[2], {spend, holds, live})
-local tokens, usd = held(holds, live)
+local spend, holds, live, held = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+expire(spend, holds, live, held, ARGV[1])
+touch(ARGV[2], {spend, holds, live, held})
+local tokens, usd = held_sums(held)
 return {redis.call('HGETALL', spend), fmt(tokens), fmt(usd)}
 """
 
@@ -251,7 +261,7 @@ class RedisLedger:
     def _keys(self, deployment: str, window: int) -> list[str]:
         # The window is an integer and the suffix fixed, so a deployment name with colons cannot collide.
         base = f"{self._prefix}:w:{deployment}:{int(window)}"
-        return [f"{base}:spend", f"{base}:holds", f"{base}:live"]
+        return [f"{base}:spend", f"{base}:holds", f"{base}:live", f"{base}:held"]
 
     def _index_key(self, decision_id: str) -> str:
         return f"{self._prefix}:decision:{decision_id}"

@@ -62,9 +62,10 @@ def make_router(tmp_path: Path, embedder: HashingEmbedder) -> Callable[..., Rout
                 {"name": "small", "model": "small-model", "token_budget": 20_000},
             ],
         }
-        clock = overrides.pop("clock", None)
+        popped = {key: overrides.pop(key, None) for key in ("clock", "ledger")}
+        injected = {key: value for key, value in popped.items() if value is not None}
         config.update(overrides)
-        router = Router(RouterConfig.from_dict(config), embedder=embedder, **({"clock": clock} if clock else {}))
+        router = Router(RouterConfig.from_dict(config), embedder=embedder, **injected)
         if history and router.history.count() == 0:
             router.history.upsert(topic_history(embedder))
         return router

@@ -2,16 +2,44 @@
 
 import asyncio
 import math
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from llm_router_plugin import BudgetExhaustedError, EmptyQueryError, HistoryRecord, ModelOutcome, Router
+from llm_router_plugin.redis_ledger import RedisLedger
 from tests.conftest import topic_prompt
 
 RouterFactory = Callable[..., Router]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def ledger_router(request: pytest.FixtureRequest, make_router: RouterFactory) -> Iterator[RouterFactory]:
+    """``make_router`` on its folder's SQLite ledger, or on a Redis ledger (one namespace per folder, as a file)."""
+    if request.param == "sqlite":
+        yield make_router
+        return
+    url = request.getfixturevalue("redis_url")
+    base = f"test-{uuid.uuid4().hex}"
+    opened: list[RedisLedger] = []
+
+    def build(*args: Any, data_dir: Path | None = None, **overrides: Any) -> Router:
+        ledger = RedisLedger(url, namespace=f"{base}-{data_dir.name if data_dir else 'router'}")
+        opened.append(ledger)
+        return make_router(*args, data_dir=data_dir, ledger=ledger, **overrides)
+
+    yield build
+    for ledger in opened:
+        ledger.close()
+    with closing(redis.Redis.from_url(url)) as client:
+        for key in client.scan_iter(match=f"{{{base}-*"):
+            client.delete(key)
 PRICED = [
     {"name": "big", "model": "big-model", "usd_budget": 1.0, "input_usd_per_mtok": 10.0, "output_usd_per_mtok": 30.0},
     {"name": "small", "model": "small-model", "usd_budget": 1.0, "input_usd_per_mtok": 1.0,
@@ -62,8 +90,8 @@ def test_a_poisoned_sample_row_is_skipped_by_the_solve(make_router: RouterFactor
 
 # ------------------------------------------------------------------------------------------ record
 
-def test_record_validates_everything_before_writing(make_router: RouterFactory) -> None:
-    router = make_router()
+def test_record_validates_everything_before_writing(ledger_router: RouterFactory) -> None:
+    router = ledger_router()
     decision = router.route(topic_prompt("chat", 1))
     bad_calls: list[tuple[str, dict[str, Any]]] = [
         ("prompt_tokens", {"prompt_tokens": math.nan, "completion_tokens": 1}),
@@ -88,9 +116,9 @@ def test_record_validates_everything_before_writing(make_router: RouterFactory) 
 
 
 def test_a_record_interrupted_after_the_ledger_is_retried_and_charged_once(
-    make_router: RouterFactory, monkeypatch: pytest.MonkeyPatch
+    ledger_router: RouterFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    router = make_router()
+    router = ledger_router()
     decision = router.route(topic_prompt("chat", 1))
     real = router.decisions.close_decision
 
@@ -108,9 +136,9 @@ def test_a_record_interrupted_after_the_ledger_is_retried_and_charged_once(
 
 
 def test_a_history_outage_after_settling_loses_no_spend(
-    make_router: RouterFactory, monkeypatch: pytest.MonkeyPatch
+    ledger_router: RouterFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    router = make_router()
+    router = ledger_router()
     decision = router.route(topic_prompt("chat", 1))
 
     def down(*args: Any, **kwargs: Any) -> None:
@@ -122,11 +150,11 @@ def test_a_history_outage_after_settling_loses_no_spend(
     assert spent(router, decision.deployment)["tokens"] == 100
 
 
-def test_a_deployment_renamed_between_route_and_record_is_still_charged(make_router: RouterFactory) -> None:
-    router = make_router()
+def test_a_deployment_renamed_between_route_and_record_is_still_charged(ledger_router: RouterFactory) -> None:
+    router = ledger_router()
     decision = router.route(topic_prompt("math", 1))
     assert decision.deployment == "big"
-    renamed = make_router(deployments=[
+    renamed = ledger_router(deployments=[
         {"name": "big-v2", "model": "big-model", "token_budget": 20_000},
         {"name": "small", "model": "small-model", "token_budget": 20_000},
     ])
@@ -178,9 +206,9 @@ def test_max_tokens_caps_the_completion_part_of_the_hold(make_router: RouterFact
     assert capped.reserved["usd"] == pytest.approx((100 * 10.0 + 10 * 30.0) / 1e6)
 
 
-def test_admission_needs_headroom_for_the_margin_on_what_is_estimated(make_router: RouterFactory) -> None:
+def test_admission_needs_headroom_for_the_margin_on_what_is_estimated(ledger_router: RouterFactory) -> None:
     # small answers code with 0 completion tokens: a query's cost on it is its prompt alone.
-    router = make_router(deployments=[{"name": "small", "model": "small-model", "token_budget": 1400}],
+    router = ledger_router(deployments=[{"name": "small", "model": "small-model", "token_budget": 1400}],
                          reserve_margin=0.5)
     guessed = "code " * 800  # about 1000 tokens at four characters a token: 1500 with the margin, more than 1400
     with pytest.raises(BudgetExhaustedError):
@@ -189,9 +217,9 @@ def test_admission_needs_headroom_for_the_margin_on_what_is_estimated(make_route
     assert counted.reserved["tokens"] == pytest.approx(1000)
 
 
-def test_a_hold_reserves_the_high_side_and_admits_with_the_margin(make_router: RouterFactory) -> None:
+def test_a_hold_reserves_the_high_side_and_admits_with_the_margin(ledger_router: RouterFactory) -> None:
     # big's neighbours answered with 900 tokens: it holds 900 for the answer but needs 900 x 2 left to admit a call.
-    router = make_router(deployments=[{"name": "big", "model": "big-model", "token_budget": 2500}],
+    router = ledger_router(deployments=[{"name": "big", "model": "big-model", "token_budget": 2500}],
                          reserve_margin=1.0)
     first = router.route(topic_prompt("math", 1), prompt_tokens=100)
     assert first.reserved["tokens"] == pytest.approx(1000)
@@ -201,9 +229,9 @@ def test_a_hold_reserves_the_high_side_and_admits_with_the_margin(make_router: R
 
 # ------------------------------------------------------------------------------------------ expiry
 
-def test_an_expired_hold_is_charged_until_its_outcome_arrives(make_router: RouterFactory) -> None:
+def test_an_expired_hold_is_charged_until_its_outcome_arrives(ledger_router: RouterFactory) -> None:
     clock = [1000.0]
-    router = make_router(reservation_timeout_s=10, clock=lambda: clock[0])
+    router = ledger_router(reservation_timeout_s=10, clock=lambda: clock[0])
     decision = router.route(topic_prompt("math", 1))
     clock[0] += 60  # the process that made the call died: no record ever came
     charged = spent(router, decision.deployment)["tokens"]
@@ -212,9 +240,9 @@ def test_an_expired_hold_is_charged_until_its_outcome_arrives(make_router: Route
     assert spent(router, decision.deployment)["tokens"] == pytest.approx(30)
 
 
-def test_an_expired_hold_is_refunded_when_its_failure_arrives(make_router: RouterFactory) -> None:
+def test_an_expired_hold_is_refunded_when_its_failure_arrives(ledger_router: RouterFactory) -> None:
     clock = [1000.0]
-    router = make_router(reservation_timeout_s=10, clock=lambda: clock[0])
+    router = ledger_router(reservation_timeout_s=10, clock=lambda: clock[0])
     decision = router.route(topic_prompt("math", 1))
     clock[0] += 60
     router.record(decision.id, 0, 0, error="upstream 500")
@@ -257,7 +285,7 @@ def test_a_bare_empty_query_is_refused(make_router: RouterFactory, query: Any) -
 
 # ------------------------------------------------------------------------------------------ concurrency
 
-def test_concurrent_routing_serves_nearly_what_sequential_routing_serves(make_router: RouterFactory,
+def test_concurrent_routing_serves_nearly_what_sequential_routing_serves(ledger_router: RouterFactory,
                                                                          tmp_path: Any) -> None:
     # Budgets for about 50 queries; the prompt is most of each query's cost, as with few-shot prompts.
     deployments = [{"name": "big", "model": "big-model", "token_budget": 30_000},
@@ -268,7 +296,7 @@ def test_concurrent_routing_serves_nearly_what_sequential_routing_serves(make_ro
         # What the calls really use: the prompt's own tokens, and an answer as long as history's or a bit shorter.
         return 1000 + (i * 37) % 200, (700 + (i * 53) % 200 if deployment == "big" else 0)
 
-    sequential = make_router(deployments=deployments, data_dir=tmp_path / "seq")
+    sequential = ledger_router(deployments=deployments, data_dir=tmp_path / "seq")
     served_seq = 0
     for i, prompt in enumerate(prompts):
         try:
@@ -278,7 +306,7 @@ def test_concurrent_routing_serves_nearly_what_sequential_routing_serves(make_ro
         sequential.record(decision.id, *actual(i, decision.deployment))
         served_seq += 1
 
-    concurrent = make_router(deployments=deployments, data_dir=tmp_path / "conc")
+    concurrent = ledger_router(deployments=deployments, data_dir=tmp_path / "conc")
 
     async def one(i: int) -> bool:
         try:
@@ -298,8 +326,8 @@ def test_concurrent_routing_serves_nearly_what_sequential_routing_serves(make_ro
         assert d.spent["tokens"] <= d.limits["tokens"]
 
 
-def test_usage_reported_after_a_failure_report_is_charged(make_router: RouterFactory) -> None:
-    router = make_router()
+def test_usage_reported_after_a_failure_report_is_charged(ledger_router: RouterFactory) -> None:
+    router = ledger_router()
     decision = router.route(topic_prompt("chat", 1))
     assert router.record(decision.id, 0, 0, error="guardrail failed the response") is None
     assert spent(router, decision.deployment)["tokens"] == 0
