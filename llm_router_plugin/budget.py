@@ -23,10 +23,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llm_router_plugin._files import private_dir, private_file
+from llm_router_plugin.config import is_redis_url, ledger_password
 from llm_router_plugin.errors import LedgerCorruptError
+
+if TYPE_CHECKING:
+    from llm_router_plugin.config import RouterConfig
 
 UNITS = ("tokens", "usd")
 
@@ -127,12 +131,16 @@ CREATE INDEX IF NOT EXISTS holds_live ON holds (deployment, window, status);
 CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at) WHERE status = 'held';
 """
 
+# The decision log (decisions.py) shares the ledger's file; alone, it is what a router on a Redis ledger leaves.
+_DECISION_LOG_TABLES = frozenset({"decisions", "decision_count"})
+
 
 def _open(path: Path) -> sqlite3.Connection:
     """Connect to the ledger file, creating it if it is missing; a file that is there must be a ledger.
 
     Raises:
-        LedgerCorruptError: the file is empty, is not a SQLite database, or holds tables but not the ledger's.
+        LedgerCorruptError: the file is empty, is not a SQLite database, or holds tables but neither the ledger's nor
+            only the decision log's.
     """
     if not path.exists():
         _create(path)
@@ -150,7 +158,8 @@ def _open(path: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         db.close()
         raise LedgerCorruptError(_corrupt(path, str(exc))) from None
-    if tables and "meta" not in tables:
+    # A file with only the decision log's tables was written by a router whose budgets lived on Redis: no ledger yet.
+    if tables and "meta" not in tables and not tables <= _DECISION_LOG_TABLES:
         db.close()
         raise LedgerCorruptError(_corrupt(path, f"a database with no 'meta' table but {sorted(tables)[:5]}"))
     return db
@@ -354,3 +363,33 @@ class SQLiteLedger:
         """Persist a JSON value."""
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"state:{key}", json.dumps(value)))
+
+
+def open_ledger(config: RouterConfig) -> BudgetLedger:
+    """The budget ledger a config names: ``config.ledger`` is ``"sqlite"`` or a Redis URL.
+
+    ``"sqlite"`` opens (or creates) ``<data_dir>/ledger.sqlite3``. A Redis URL opens a
+    :class:`~llm_router_plugin.redis_ledger.RedisLedger` under ``config.ledger_namespace``, with the password from
+    the variable ``config.ledger_password_env`` names and every deployment's window (so timed windows' keys expire).
+
+    Args:
+        config: the router config.
+
+    Returns:
+        The ledger.
+
+    Raises:
+        ValueError: the password variable is missing or empty (it is read now, at start).
+        LedgerCorruptError: the SQLite file exists but is not a ledger.
+        redis.RedisError: the Redis server cannot be reached or refuses the credentials.
+    """
+    if not is_redis_url(config.ledger):
+        return SQLiteLedger(Path(config.data_dir) / "ledger.sqlite3")
+    from llm_router_plugin.redis_ledger import RedisLedger  # the redis client is loaded only when used
+
+    return RedisLedger(
+        config.ledger,
+        password=ledger_password(config.ledger_password_env),
+        namespace=config.ledger_namespace,
+        window_seconds={d.name: d.window_seconds for d in config.deployments},
+    )

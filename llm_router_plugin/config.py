@@ -6,9 +6,11 @@ under in history), so several deployments of one model share what history knows 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -16,6 +18,7 @@ from llm_router_plugin._files import read_yaml
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+REDIS_SCHEMES = ("redis", "rediss")
 
 
 def parse_window(window: str) -> float | None:
@@ -36,6 +39,59 @@ def parse_window(window: str) -> float | None:
     if not match or float(match.group(1)) <= 0:
         raise ValueError(f"window must be 'total' or a positive duration like '1h' or '1d', got {window!r}")
     return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def is_redis_url(ledger: str) -> bool:
+    """Whether a ``ledger`` setting names a Redis server (``redis://`` or ``rediss://``) rather than ``"sqlite"``."""
+    return urlsplit(ledger).scheme.lower() in REDIS_SCHEMES
+
+
+def validate_ledger(ledger: str) -> str:
+    """Check a ``ledger`` setting: ``"sqlite"`` or a Redis URL without a password (messages never repeat the URL).
+
+    Raises:
+        ValueError: anything else, naming the field ``ledger``.
+    """
+    if ledger == "sqlite":
+        return ledger
+    try:
+        url = urlsplit(ledger)
+        port = url.port
+    except ValueError:
+        raise ValueError("ledger: not a valid redis:// or rediss:// URL (bad host or port)") from None
+    if url.scheme.lower() not in REDIS_SCHEMES:
+        raise ValueError(
+            "ledger: must be 'sqlite' or a redis://host:port/db or rediss://host:port/db URL, "
+            f"got {'scheme ' + repr(url.scheme) if url.scheme else repr(ledger) if len(ledger) < 20 else 'no scheme'}"
+        )
+    if url.password is not None or "password" in parse_qs(url.query):
+        raise ValueError(
+            "ledger: put the password in the environment variable named by ledger_password_env, not in the URL"
+        )
+    if not url.hostname:
+        raise ValueError("ledger: the Redis URL names no host (redis://host:port/db)")
+    if port == 0:
+        raise ValueError("ledger: the Redis URL's port must be 1-65535")
+    if url.path not in ("", "/") and not url.path[1:].isdigit():
+        raise ValueError(f"ledger: the Redis URL's path must be a database number such as /0, got {url.path!r}")
+    return ledger
+
+
+def ledger_password(variable: str | None) -> str | None:
+    """The Redis password held by the environment variable ``ledger_password_env`` names (``None``: no password).
+
+    Raises:
+        ValueError: the variable is not set or is empty (the message names it, never its value).
+    """
+    if variable is None:
+        return None
+    password = os.environ.get(variable)
+    if not password:
+        raise ValueError(
+            f"ledger_password_env: the environment variable {variable!r} that should hold the Redis password is "
+            f"{'empty' if password == '' else 'not set'}"
+        )
+    return password
 
 
 class DeploymentConfig(BaseModel):
@@ -137,7 +193,14 @@ class RouterConfig(BaseModel):
             re-solved after W, 2W, 4W … decisions and at every budget-window reset.
         expected_queries: expected decisions per budget window (for ``"total"``, over the deployment's life);
             ``None`` estimates it from the arrival rate so far (for ``"total"``: as many again as seen so far).
-        data_dir: folder for the embedded Chroma history and the SQLite ledger.
+        data_dir: folder for the embedded Chroma history, the decision log and the SQLite ledger.
+        ledger: where budgets are kept: ``"sqlite"`` (``<data_dir>/ledger.sqlite3``, shared by the processes of one
+            host) or a ``redis://host:port/db`` / ``rediss://host:port/db`` URL (shared by every router on that
+            server and namespace). The URL may name a user but never a password (see ``ledger_password_env``).
+        ledger_password_env: name of the environment variable holding the Redis password (read at start; a missing
+            or empty variable stops the start, naming it); ``None`` = no password. Only with a Redis ledger.
+        ledger_namespace: prefix of the Redis ledger's keys: routers (or LiteLLM model groups) with the same URL
+            and namespace share their deployments' budgets, and with another namespace they do not.
         chroma_host: use a Chroma server at this host instead of the embedded store (``chroma_port`` beside it).
         collection: Chroma collection name.
         exact_search_max: up to this many history records, neighbours are found by exact search in memory (about
@@ -174,6 +237,9 @@ class RouterConfig(BaseModel):
     warmup_queries: int = Field(default=50, ge=1)
     expected_queries: int | None = Field(default=None, ge=1)
     data_dir: Path = Path(".llm-router")
+    ledger: str = "sqlite"
+    ledger_password_env: str | None = Field(default=None, min_length=1)
+    ledger_namespace: str = Field(default="llm-router", min_length=1)
     chroma_host: str | None = None
     chroma_port: int = Field(default=8000, ge=1, le=65535)
     collection: str = Field(default="history", min_length=3)
@@ -200,10 +266,31 @@ class RouterConfig(BaseModel):
             raise ValueError(f"deployments: duplicate deployment names {duplicates}")
         return value
 
+    @field_validator("ledger")
+    @classmethod
+    def _check_ledger(cls, value: str) -> str:
+        return validate_ledger(value)
+
+    @field_validator("ledger_namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        # The namespace is the keys' Redis hash tag: a brace inside it would move the tag and mix namespaces.
+        if "{" in value or "}" in value:
+            raise ValueError(f"ledger_namespace: must not contain '{{' or '}}', got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _check_mode(self) -> RouterConfig:
         if self.mode == "quality_target" and self.quality_target is None:
             raise ValueError("quality_target: mode 'quality_target' needs quality_target (a number in [0, 1])")
+        return self
+
+    @model_validator(mode="after")
+    def _check_ledger_password(self) -> RouterConfig:
+        if self.ledger_password_env is not None:
+            if not is_redis_url(self.ledger):
+                raise ValueError("ledger_password_env: only a Redis ledger takes a password; set ledger to its URL")
+            ledger_password(self.ledger_password_env)
         return self
 
     @classmethod

@@ -207,9 +207,11 @@ class RedisLedger:
         window_seconds: deployment → its window length in seconds (``None``: ``"total"``). Keys of a timed window
             expire ``ttl_margin_s`` after the window; deployments not listed keep their keys forever.
         ttl_margin_s: how long a timed window's keys outlive it, for settlements that arrive late.
+        password: the server's password, for a URL (a client passed in brings its own); overrides one in the URL.
 
     Raises:
-        ValueError: the namespace is empty or holds ``{`` or ``}``, a window is not positive, the margin negative.
+        ValueError: the namespace is empty or holds ``{`` or ``}``, a window is not positive, the margin negative, or
+            a password comes with a client.
         redis.RedisError: the server cannot be reached (the anchor is read at start).
     """
 
@@ -220,6 +222,7 @@ class RedisLedger:
         namespace: str = "llm-router",
         window_seconds: Mapping[str, float | None] | None = None,
         ttl_margin_s: float = 3600.0,
+        password: str | None = None,
     ) -> None:
         # The namespace is the key's hash tag: braces inside it would move the tag and mix namespaces.
         if not namespace or "{" in namespace or "}" in namespace:
@@ -230,9 +233,12 @@ class RedisLedger:
                 raise ValueError(f"window_seconds: {name}={seconds} must be a positive number of seconds or None")
         if not (math.isfinite(ttl_margin_s) and ttl_margin_s >= 0):
             raise ValueError(f"ttl_margin_s must be finite and non-negative, got {ttl_margin_s}")
+        if password is not None and not isinstance(client_or_url, str):
+            raise ValueError("password: only a URL takes a password (configure it on the client passed in)")
+        auth = {} if password is None else {"password": password}
         self._owns_client = isinstance(client_or_url, str)
         self.client: redis.Redis = (
-            redis.Redis.from_url(client_or_url, decode_responses=True)
+            redis.Redis.from_url(client_or_url, decode_responses=True, **auth)
             if isinstance(client_or_url, str)
             else client_or_url
         )

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from llm_router_plugin.budget import UNITS, BudgetLedger, Reservation, Settlement, SQLiteLedger, window_index
+from llm_router_plugin.budget import UNITS, BudgetLedger, Reservation, Settlement, open_ledger, window_index
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.dataset import DataFile, ImportReport, import_history, read_data
 from llm_router_plugin.decisions import DecisionLog
@@ -197,7 +197,7 @@ class Router:
         config: deployments, budgets and knobs.
         embedder: overrides the embedder the config names.
         history: overrides the Chroma store the config names.
-        ledger: overrides the SQLite ledger in ``config.data_dir``.
+        ledger: overrides the ledger the config names (``config.ledger``: SQLite in ``config.data_dir`` or Redis).
         decisions: overrides the decision log in ``config.data_dir``.
         profile_set: overrides the profile set the config names.
         estimator: overrides the k-NN estimator built from the history and the profile set's centres.
@@ -227,7 +227,7 @@ class Router:
         )
         data_dir = Path(config.data_dir)
         self.history = history or ChromaHistory.from_config(config)
-        self.ledger: BudgetLedger = ledger or SQLiteLedger(data_dir / "ledger.sqlite3")
+        self.ledger: BudgetLedger = ledger or open_ledger(config)
         self.decisions = decisions or DecisionLog(data_dir / "ledger.sqlite3")
         if profile_set is None:
             profile_set = _load_profile_set(config.profile_set)

@@ -11,6 +11,7 @@ import redis
 
 from llm_router_plugin import LedgerCorruptError
 from llm_router_plugin.budget import BudgetLedger, Reservation, SQLiteLedger, window_index
+from llm_router_plugin.decisions import DecisionLog
 from llm_router_plugin.redis_ledger import RedisLedger
 
 Ledger = SQLiteLedger | RedisLedger
@@ -152,6 +153,14 @@ def test_a_database_of_something_else_is_not_a_ledger(tmp_path: Path) -> None:
         db.execute("CREATE TABLE notes (text TEXT)")
     with pytest.raises(LedgerCorruptError, match="no 'meta' table"):
         SQLiteLedger(path)
+
+
+def test_a_decision_log_alone_becomes_a_ledger(tmp_path: Path) -> None:
+    # What a router whose budgets lived on Redis leaves in data_dir: switched back to SQLite, it starts empty.
+    path = tmp_path / "ledger.sqlite3"
+    DecisionLog(path)
+    ledger = SQLiteLedger(path)
+    assert ledger.usage("d", 0, 0.0)[0] == {"tokens": 0.0, "usd": 0.0}
 
 
 def test_an_empty_database_becomes_a_ledger(tmp_path: Path) -> None:

@@ -115,3 +115,57 @@ def test_invalid_field_in_a_config_file_names_the_file_and_field(tmp_path: Path)
     path.write_text("deployments: []\n", encoding="utf-8")
     with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: invalid router config: deployments: "):
         RouterConfig.from_yaml(path)
+
+
+def test_ledger_defaults_to_sqlite() -> None:
+    cfg = RouterConfig.from_dict(config())
+    assert (cfg.ledger, cfg.ledger_password_env, cfg.ledger_namespace) == ("sqlite", None, "llm-router")
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://cache.example:6380/2", "redis://localhost", "redis://user@h:1/0"]
+)
+def test_ledger_accepts_redis_urls(url: str) -> None:
+    assert RouterConfig.from_dict(config(ledger=url)).ledger == url
+
+
+@pytest.mark.parametrize(
+    "ledger",
+    ["postgres", "", "http://127.0.0.1:6379/0", "unix:///tmp/redis.sock", "redis://", "redis://h:1/db",
+     "redis://h:port/0", "redis://h:1/0/1"],
+)
+def test_ledger_must_be_sqlite_or_a_redis_url(ledger: str) -> None:
+    with pytest.raises(ValueError, match=r"ledger: "):
+        RouterConfig.from_dict(config(ledger=ledger))
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:s3cret@127.0.0.1:6379/0", "rediss://user:s3cret@h/0", "redis://h:1/0?password=s3cret"]
+)
+def test_ledger_url_with_a_password_is_refused_without_echoing_it(url: str) -> None:
+    with pytest.raises(ValueError, match="ledger: put the password in the environment variable named by "
+                                         "ledger_password_env, not in the URL") as caught:
+        RouterConfig.from_dict(config(ledger=url))
+    assert "s3cret" not in str(caught.value)
+
+
+def test_ledger_password_env_must_name_a_set_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "redis://127.0.0.1:6379/0"
+    monkeypatch.delenv("LLM_ROUTER_TEST_REDIS_PW", raising=False)
+    with pytest.raises(ValueError, match=r"ledger_password_env: .*LLM_ROUTER_TEST_REDIS_PW"):
+        RouterConfig.from_dict(config(ledger=url, ledger_password_env="LLM_ROUTER_TEST_REDIS_PW"))
+    monkeypatch.setenv("LLM_ROUTER_TEST_REDIS_PW", "")
+    with pytest.raises(ValueError, match=r"ledger_password_env: .*LLM_ROUTER_TEST_REDIS_PW"):
+        RouterConfig.from_dict(config(ledger=url, ledger_password_env="LLM_ROUTER_TEST_REDIS_PW"))
+    monkeypatch.setenv("LLM_ROUTER_TEST_REDIS_PW", "s3cret")
+    cfg = RouterConfig.from_dict(config(ledger=url, ledger_password_env="LLM_ROUTER_TEST_REDIS_PW"))
+    assert cfg.ledger_password_env == "LLM_ROUTER_TEST_REDIS_PW"
+    # A password is for Redis only: with the SQLite ledger it would be silently ignored.
+    with pytest.raises(ValueError, match="ledger_password_env: "):
+        RouterConfig.from_dict(config(ledger_password_env="LLM_ROUTER_TEST_REDIS_PW"))
+
+
+@pytest.mark.parametrize("namespace", ["", "a{b", "a}b"])
+def test_ledger_namespace_must_be_non_empty_without_braces(namespace: str) -> None:
+    with pytest.raises(ValueError, match="ledger_namespace"):
+        RouterConfig.from_dict(config(ledger="redis://127.0.0.1:6379/0", ledger_namespace=namespace))
