@@ -293,10 +293,24 @@ class KnnEstimator:
         Returns:
             Estimates of shape ``(1, len(profiles))`` per field.
         """
-        prior = _prior(self._history.profile_means(profiles), self._config)[None]
-        return Estimates(
-            profiles=tuple(profiles), quality=np.clip(prior[:, :, _QUALITY], 0.0, 1.0),
-            prompt_tokens=prior[:, :, _PROMPT], completion_tokens=prior[:, :, _COMPLETION],
-            cost_usd=prior[:, :, _COST], support=np.zeros(prior.shape[:2], dtype=int),
-            completion_tokens_high=prior[:, :, _COMPLETION],
-        )
+        return mean_estimates(self._history.profile_means(profiles), profiles, self._config)
+
+
+def mean_estimates(means: np.ndarray, profiles: list[str], config: EstimatorConfig) -> Estimates:
+    """Estimates for one query from each profile's mean over history (then the configured priors where NaN).
+
+    Args:
+        means: each profile's mean outcome, shape ``(len(profiles), len(FIELDS))``; NaN where unknown.
+        profiles: the model profiles of its rows.
+        config: the priors.
+
+    Returns:
+        Estimates of shape ``(1, len(profiles))`` per field.
+    """
+    prior = _prior(means, config)[None]
+    return Estimates(
+        profiles=tuple(profiles), quality=np.clip(prior[:, :, _QUALITY], 0.0, 1.0),
+        prompt_tokens=prior[:, :, _PROMPT], completion_tokens=prior[:, :, _COMPLETION],
+        cost_usd=prior[:, :, _COST], support=np.zeros(prior.shape[:2], dtype=int),
+        completion_tokens_high=prior[:, :, _COMPLETION],
+    )

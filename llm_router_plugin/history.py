@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +39,10 @@ EXACT_RECHECK_S = 5.0
 MERGE_TOKEN = "llm_router_merge"
 #: Hits (queries × neighbours) read per Chroma query call: its metadata lookup must stay under SQLite's variable limit.
 _QUERY_HITS = 20_000
+#: What a history store that cannot be reached raises: a Chroma server that went away or answers with an HTTP error
+#: (chromadb's ``HttpClient`` speaks httpx), or an embedded store whose disk or socket failed (``OSError``, which
+#: includes ``ConnectionError`` and ``TimeoutError``). Programming errors (``TypeError``, ``KeyError`` …) are not in it.
+STORE_UNREACHABLE: tuple[type[Exception], ...] = (httpx.HTTPError, OSError)
 
 
 def _quiet_chroma() -> None:
@@ -205,6 +210,8 @@ class ChromaHistory:
         self._clusters: _ClusterStats | None = None
         self._merge_token = self._stored_merge_token()
         self._merge_checked = time.monotonic()
+        # Set while the store is unreachable, so that an outage logs one warning, not one per query.
+        self._unreachable = False
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> ChromaHistory:
@@ -358,7 +365,18 @@ class ChromaHistory:
             return None
         if index is not None and now - checked < EXACT_RECHECK_S:
             return index
-        total = int(self._collection.count())
+        try:
+            total = int(self._collection.count())
+        except STORE_UNREACHABLE as exc:
+            if index is None:
+                raise
+            # The store went away (a Chroma server that stopped): the index in memory still answers, as of its last
+            # check; the size is checked again in EXACT_RECHECK_S seconds.
+            self._note_unreachable("size check", exc)
+            with self._lock:
+                self._exact_checked = now
+            return index
+        self._unreachable = False
         if total > self._exact_max:
             with self._lock:
                 self._exact = None
@@ -388,12 +406,20 @@ class ChromaHistory:
         try:
             stored = self._stored_merge_token()
         except Exception as exc:  # the store is unreachable: keep serving from the caches
-            _log.warning("history merge check failed (%s); estimates may miss outcomes merged elsewhere", exc)
+            self._note_unreachable("merge check", exc)
             return
         with self._lock:
             if stored != self._merge_token:
                 self._merge_token = stored
                 self._stats = self._clusters = self._exact = None
+
+    def _note_unreachable(self, check: str, exc: Exception) -> None:
+        """Log that the store cannot be reached, once per outage (the next successful size check ends it)."""
+        if self._unreachable:
+            return
+        self._unreachable = True
+        _log.warning("history store unreachable (%s failed: %s); serving neighbours and means from memory, which may "
+                     "miss outcomes written elsewhere until it is back", check, exc)
 
     def _load_exact(self, total: int) -> ExactIndex:
         ids: list[str] = []

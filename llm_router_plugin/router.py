@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,8 +42,8 @@ from llm_router_plugin.duals import (
 )
 from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, make_embedder, query_text
 from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, UnknownDecisionError
-from llm_router_plugin.estimator import PRIOR_QUALITY, Estimates, Estimator, KnnEstimator
-from llm_router_plugin.history import FIELDS, ChromaHistory, HistoryRecord, ModelOutcome
+from llm_router_plugin.estimator import PRIOR_QUALITY, Estimates, Estimator, KnnEstimator, mean_estimates
+from llm_router_plugin.history import FIELDS, STORE_UNREACHABLE, ChromaHistory, HistoryRecord, ModelOutcome
 from llm_router_plugin.pricing import resolve_prices, usage_estimate
 from llm_router_plugin.profiles import ProfileSet, default_profile_set
 from llm_router_plugin.validation import optional_amount, optional_token_count, score, token_count
@@ -55,6 +55,10 @@ MAX_SAMPLE = 4000
 #: Prompt tokens assumed per image, file or audio part when the caller counted none (a high-detail image is ~765).
 NON_TEXT_PART_TOKENS = 1000
 _STATE_KEY = "duals"
+#: Seconds between two warnings that the history store is unreachable (one per route would flood the log).
+UNREACHABLE_WARN_S = 60.0
+#: What a decision's reason says when its estimates come from cached means because the store could not be read.
+DEGRADED_REASON = "history unreachable: estimated from each model's cached mean"
 _log = logging.getLogger("llm_router_plugin")
 
 
@@ -188,6 +192,8 @@ class _Request:
     max_tokens: int | None
     choices: int
     allowed: list[int]
+    #: The history store could not be read: estimates come from cached means (or the priors).
+    degraded: bool = False
 
 
 class Router:
@@ -251,6 +257,7 @@ class Router:
         self._prices = resolve_prices(self._deployments, self.history.profile_means)
         self._solve_lock = threading.Lock()
         self._warned: set[str] = set()
+        self._unreachable_warned_at = -math.inf
         self._state: dict[str, Any] = self.ledger.get_state(_STATE_KEY) or {}
 
     @classmethod
@@ -354,12 +361,21 @@ class Router:
     def _decide(self, request: _Request, embedding: np.ndarray | None) -> Decision:
         now = self._clock()
         priced_out = False
+        degraded = False
         if embedding is None:
-            estimates = self.estimator.estimate_without_text(self._profiles)
+            try:
+                estimates = self.estimator.estimate_without_text(self._profiles)
+            except STORE_UNREACHABLE as exc:
+                estimates, degraded = self._estimate_degraded(exc), True
             embedding = np.zeros(0, dtype=np.float32)  # logged as such: it never joins history
         else:
             self._check_dimension(embedding)
-            estimates = self.estimator.estimate(embedding[None, :], self._profiles)
+            try:
+                estimates = self.estimator.estimate(embedding[None, :], self._profiles)
+            except STORE_UNREACHABLE as exc:
+                estimates, degraded = self._estimate_degraded(exc), True
+        if degraded:
+            request = replace(request, degraded=True)
         quality, usage = self._deployment_estimates(estimates, request)
         self._maybe_solve(now)
         remaining = self._remaining(now)
@@ -400,6 +416,23 @@ class Router:
                 return decision
             affordable.remove(best)  # another request took the budget between the check and the hold
         return self._fallback(request, embedding, quality, usage, score, remaining, now, priced_out=priced_out)
+
+    def _estimate_degraded(self, exc: Exception) -> Estimates:
+        """Estimates while the history store cannot be read: each model's cached mean, else the priors.
+
+        Routing must go on through a store outage (a Chroma server that went away); budgets are enforced by the
+        ledger, which does not depend on the store, so estimates from the means only cost routing precision.
+        """
+        now = time.monotonic()
+        if now - self._unreachable_warned_at >= UNREACHABLE_WARN_S:
+            self._unreachable_warned_at = now
+            _log.warning("%s (%s); routing goes on, budgets are enforced by the ledger", DEGRADED_REASON, exc)
+        try:
+            # The store serves its means from memory once scanned: no round trip to the store then.
+            means = self.history.profile_means(self._profiles)
+        except STORE_UNREACHABLE:
+            means = np.full((len(self._profiles), len(FIELDS)), np.nan)  # never scanned: the priors stand
+        return mean_estimates(means, self._profiles, self.config.estimator)
 
     def _check_dimension(self, embedding: np.ndarray) -> None:
         """A profile set from another embedding space fails every query: say so (checked here, not at start, so that
@@ -669,7 +702,9 @@ class Router:
             self._logged_estimates(quality, usage), created_at=now,
         )
         reason = self._reason(phase, chosen_dep, quality[chosen], score[chosen], len(affordable))
-        if not request.text:
+        if request.degraded:
+            reason = f"{DEGRADED_REASON}; {reason}"
+        elif not request.text:
             reason = f"no text to route on, so every model is estimated by its mean over history; {reason}"
         if chosen_dep.model in self.unknown_models():
             reason += (f"; history has no quality for model {chosen_dep.model}, so it is estimated at the prior "
@@ -850,6 +885,9 @@ class Router:
             # write failed, logged then): the score stays in the decision log.
             _log.info("no history record for decision %s yet; its quality score is kept in the decision log",
                       decision_id)
+        except STORE_UNREACHABLE as exc:  # the score is in the decision log; an outage must not fail the caller
+            _log.warning("history write failed for the quality of decision %s (kept in the decision log): %s",
+                         decision_id, exc)
 
     async def afeedback(self, decision_id: str, quality: float) -> None:
         """Async :meth:`feedback`."""
@@ -882,9 +920,13 @@ class Router:
     def unknown_models(self) -> list[str]:
         """The deployments' models that history holds no quality score for (routed on the prior quality).
 
-        The first time a model is found unknown, a warning names it in the log.
+        The first time a model is found unknown, a warning names it in the log. While the history store is
+        unreachable and has never been scanned, nothing is known and no model is named (this must not fail a route).
         """
-        quality = self.history.profile_means(self._profiles)[:, FIELDS.index("quality")]
+        try:
+            quality = self.history.profile_means(self._profiles)[:, FIELDS.index("quality")]
+        except STORE_UNREACHABLE:
+            return []
         unknown = [p for p, q in zip(self._profiles, quality, strict=True) if np.isnan(q)]
         for model in sorted(set(unknown) - self._warned):
             self._warned.add(model)
