@@ -21,6 +21,7 @@ from llm_router_plugin.errors import (
     EmptyQueryError,
     HistoryFormatError,
     LedgerCorruptError,
+    LedgerUnavailableError,
     RouterError,
     UnknownDecisionError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ImportReport",
     "KnnEstimator",
     "LedgerCorruptError",
+    "LedgerUnavailableError",
     "ModelOutcome",
     "OnboardReport",
     "ProfilePrompt",

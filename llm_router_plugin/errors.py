@@ -61,3 +61,22 @@ class BudgetExhaustedError(RouterError):
             else "every deployment's budget is exhausted for this query: "
         )
         super().__init__(lead + "; ".join(parts))
+
+
+class LedgerUnavailableError(RouterError):
+    """The budget ledger (a Redis server) cannot be reached: budgets cannot be checked, so nothing is served.
+
+    The router fails closed: :meth:`~llm_router_plugin.router.Router.route` serves no deployment without a hold and
+    :meth:`~llm_router_plugin.router.Router.record` leaves the decision open, so calling it again once the ledger is
+    back settles it (and charges once).
+
+    Attributes:
+        ledger: the ledger's address, without credentials (``redis://host:port/db``).
+        reason: what the client reported (refused, reset, timed out …).
+    """
+
+    def __init__(self, ledger: str, reason: str) -> None:
+        self.ledger = ledger
+        self.reason = reason
+        super().__init__(f"budget ledger unreachable ({ledger}: {reason}): budgets cannot be checked, so routing and "
+                         f"recording are refused until it is back")

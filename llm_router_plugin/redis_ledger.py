@@ -26,12 +26,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import redis
 
 from llm_router_plugin.budget import UNITS, Reservation, Settlement
+from llm_router_plugin.errors import LedgerUnavailableError
+
+# What the client raises when the server cannot answer (refused, reset, timed out, loading, no master): budgets cannot
+# be checked. Other errors (a script bug, a wrong type) are not outages and stay as they are.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ClusterDownError,
+)
 
 # Shared by the scripts. Amounts stay text in Redis and the arithmetic is Lua's (doubles, like SQLite's REAL): Lua's
 # tostring keeps 14 digits, "%.17g" round-trips a double, so spend adds up to the same doubles SQLite computes.
@@ -193,6 +201,15 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _address(client: redis.Redis) -> str:
+    """The client's server as ``redis://host:port/db`` (or ``unix://path``): never its credentials."""
+    kwargs = client.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={db}"
+    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
 def _num(value: float) -> str:
     # repr is the shortest text that parses back to the same double (Lua's tonumber reads it exactly).
     return repr(float(value))
@@ -213,6 +230,10 @@ class RedisLedger:
         ValueError: the namespace is empty or holds ``{`` or ``}``, a window is not positive, the margin negative, or
             a password comes with a client.
         redis.RedisError: the server cannot be reached (the anchor is read at start).
+
+    Once started, every method that reaches the server raises
+    :class:`~llm_router_plugin.errors.LedgerUnavailableError` (naming the server, never its credentials) when it
+    cannot be reached or times out, instead of the client's own error.
     """
 
     def __init__(
@@ -243,6 +264,7 @@ class RedisLedger:
             else client_or_url
         )
         self.namespace = namespace
+        self._label = _address(self.client)
         self._prefix = "{" + namespace + "}"
         self._windows = windows
         self._margin = ttl_margin_s
@@ -263,6 +285,18 @@ class RedisLedger:
         """Close the client if the ledger made it from a URL (a client passed in belongs to the caller)."""
         if self._owns_client:
             self.client.close()
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Turn the client's "cannot reach the server" errors into :class:`LedgerUnavailableError`."""
+        try:
+            yield
+        except UNREACHABLE as exc:
+            reason = str(exc) or type(exc).__name__
+            password = self.client.connection_pool.connection_kwargs.get("password")
+            if password:
+                reason = reason.replace(str(password), "***")
+            raise LedgerUnavailableError(self._label, reason) from None
 
     def _keys(self, deployment: str, window: int) -> list[str]:
         # The window is an integer and the suffix fixed, so a deployment name with colons cannot collide.
@@ -296,6 +330,7 @@ class RedisLedger:
 
         Raises:
             ValueError: an amount is negative or a unit is unknown, or the decision already has a hold.
+            LedgerUnavailableError: the server cannot be reached (nothing is known to be held).
         """
         now = time.time() if now is None else now
         required = reservation.amounts if reservation.required is None else reservation.required
@@ -308,14 +343,15 @@ class RedisLedger:
             need = max(required.get(unit, 0.0), reservation.amounts.get(unit, 0.0))
             checks += [unit, _num(limit), _num(need)]  # "inf" and "nan" read as in Python (C strtod)
         deployment, window = reservation.deployment, int(reservation.window)
-        result = self._reserve(
-            keys=[*self._keys(deployment, window), self._index_key(reservation.decision_id)],
-            args=[
-                reservation.decision_id, _num(now), _num(reservation.expires_at),
-                _num(reservation.amounts.get("tokens", 0.0)), _num(reservation.amounts.get("usd", 0.0)),
-                self._ttl_ms(deployment), json.dumps([deployment, window]), *checks,
-            ],
-        )
+        with self._reachable():
+            result = self._reserve(
+                keys=[*self._keys(deployment, window), self._index_key(reservation.decision_id)],
+                args=[
+                    reservation.decision_id, _num(now), _num(reservation.expires_at),
+                    _num(reservation.amounts.get("tokens", 0.0)), _num(reservation.amounts.get("usd", 0.0)),
+                    self._ttl_ms(deployment), json.dumps([deployment, window]), *checks,
+                ],
+            )
         if int(result) < 0:
             raise ValueError(f"decision_id: {reservation.decision_id!r} already has a hold")
         return int(result) == 1
@@ -336,19 +372,21 @@ class RedisLedger:
 
         Raises:
             ValueError: an actual amount is not finite (it would poison the shared totals).
+            LedgerUnavailableError: the server cannot be reached (settling again once it is back charges once).
         """
         now = time.time() if now is None else now
         for unit, amount in actual.items():
             if not math.isfinite(amount):
                 raise ValueError(f"actual: {unit}={amount} must be finite")
-        where = self._where(decision_id)
-        if where is None:
-            return None
-        deployment, window = where
-        pairs = [item for unit, amount in actual.items() for item in (unit, _num(amount))]
-        result = self._settle(
-            keys=self._keys(deployment, window), args=[decision_id, _num(now), self._ttl_ms(deployment), *pairs]
-        )
+        with self._reachable():
+            where = self._where(decision_id)
+            if where is None:
+                return None
+            deployment, window = where
+            pairs = [item for unit, amount in actual.items() for item in (unit, _num(amount))]
+            result = self._settle(
+                keys=self._keys(deployment, window), args=[decision_id, _num(now), self._ttl_ms(deployment), *pairs]
+            )
         if result is None:
             return None
         status, tokens, usd = (_text(v) for v in result)
@@ -359,22 +397,31 @@ class RedisLedger:
 
         Returns:
             True if a hold was dropped or refunded.
+
+        Raises:
+            LedgerUnavailableError: the server cannot be reached.
         """
-        where = self._where(decision_id)
-        if where is None:
-            return False
-        deployment, window = where
-        result = self._release(keys=self._keys(deployment, window), args=[decision_id, self._ttl_ms(deployment)])
+        with self._reachable():
+            where = self._where(decision_id)
+            if where is None:
+                return False
+            deployment, window = where
+            result = self._release(keys=self._keys(deployment, window), args=[decision_id, self._ttl_ms(deployment)])
         return int(result) == 1
 
     def usage(
         self, deployment: str, window: int, now: float | None = None
     ) -> tuple[dict[str, float], dict[str, float]]:
-        """Spent and currently held amounts of a deployment in a window, by unit."""
+        """Spent and currently held amounts of a deployment in a window, by unit.
+
+        Raises:
+            LedgerUnavailableError: the server cannot be reached.
+        """
         now = time.time() if now is None else now
-        flat, tokens, usd = self._usage(
-            keys=self._keys(deployment, window), args=[_num(now), self._ttl_ms(deployment)]
-        )
+        with self._reachable():
+            flat, tokens, usd = self._usage(
+                keys=self._keys(deployment, window), args=[_num(now), self._ttl_ms(deployment)]
+            )
         spent = dict.fromkeys(UNITS, 0.0)
         pairs = [_text(v) for v in flat]
         for unit, amount in zip(pairs[::2], pairs[1::2], strict=True):
@@ -382,10 +429,20 @@ class RedisLedger:
         return spent, {"tokens": float(_text(tokens)), "usd": float(_text(usd))}
 
     def get_state(self, key: str) -> Any:
-        """A persisted JSON value, or ``None``."""
-        raw = self.client.get(f"{self._prefix}:state:{key}")
+        """A persisted JSON value, or ``None``.
+
+        Raises:
+            LedgerUnavailableError: the server cannot be reached.
+        """
+        with self._reachable():
+            raw = self.client.get(f"{self._prefix}:state:{key}")
         return None if raw is None else json.loads(_text(raw))
 
     def set_state(self, key: str, value: Any) -> None:
-        """Persist a JSON value (never expires)."""
-        self.client.set(f"{self._prefix}:state:{key}", json.dumps(value))
+        """Persist a JSON value (never expires).
+
+        Raises:
+            LedgerUnavailableError: the server cannot be reached.
+        """
+        with self._reachable():
+            self.client.set(f"{self._prefix}:state:{key}", json.dumps(value))

@@ -311,6 +311,8 @@ class Router:
                 unknown deployment or is empty (nothing is reserved or logged then).
             BudgetExhaustedError: no allowed deployment can afford the query (or, once learned, is worth its
                 budget for it) and none is a fallback.
+            LedgerUnavailableError: the budget ledger (a Redis server) cannot be reached: no deployment is served,
+                with a budget or without, since none may be served without a hold (fails closed).
         """
         request = self._request(query, prompt_tokens, max_tokens, n, deployments)
         embedding = self.embedder.embed([request.text])[0] if request.text else None
@@ -770,6 +772,8 @@ class Router:
             UnknownDecisionError: no such decision.
             ValueError: a token count that is not a whole number ≥ 0, a cost or time that is negative or not finite,
                 or a quality outside [0, 1] (the message names the argument; nothing is written).
+            LedgerUnavailableError: the budget ledger (a Redis server) cannot be reached: the decision stays open,
+                and calling again once the ledger is back settles it (charged once).
         """
         outcome: dict[str, Any] = {
             "prompt_tokens": token_count("prompt_tokens", prompt_tokens),

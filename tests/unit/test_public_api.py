@@ -19,6 +19,7 @@ EXPECTED_ALL = [
     "ImportReport",
     "KnnEstimator",
     "LedgerCorruptError",
+    "LedgerUnavailableError",
     "ModelOutcome",
     "OnboardReport",
     "ProfilePrompt",

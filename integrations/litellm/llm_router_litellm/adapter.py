@@ -51,7 +51,12 @@ from litellm.exceptions import RateLimitErrorCategory, RateLimitType
 
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.embedding import Embedder, make_embedder
-from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, UnknownDecisionError
+from llm_router_plugin.errors import (
+    BudgetExhaustedError,
+    EmptyQueryError,
+    LedgerUnavailableError,
+    UnknownDecisionError,
+)
 from llm_router_plugin.history import ChromaHistory
 from llm_router_plugin.router import Decision, Router
 from llm_router_plugin.validation import optional_token_count, score, token_count
@@ -329,6 +334,8 @@ class LiteLLMAdapter:
                 retry of the same request gets the same refusal without reaching the router again.
             litellm.BadRequestError: the request cannot be budgeted: an empty message list, or a ``max_tokens``
                 that is not a positive whole number (HTTP 400).
+            litellm.ServiceUnavailableError: the budget ledger (a Redis server) cannot be reached, so budgets cannot
+                be checked and nothing is served (HTTP 503, naming the ledger). Not retried by LiteLLM.
         """
         router = self.router(model_group)
         if router is None or messages is None:
@@ -350,6 +357,8 @@ class LiteLLMAdapter:
         except BudgetExhaustedError as exc:
             tracked.refused[model_group] = str(exc)  # the message only: an exception would pin the request's frames
             raise _budget_refusal(model_group, str(exc)) from None
+        except LedgerUnavailableError as exc:
+            raise _ledger_unavailable(model_group, exc) from None
         except EmptyQueryError as exc:
             raise _bad_request(model_group, exc) from None
         with self._requests_lock:
@@ -525,6 +534,14 @@ def _budget_refusal(model_group: str, reason: str) -> litellm.RateLimitError:
         category=RateLimitErrorCategory.LITELLM_RATE_LIMIT, rate_limit_type=RateLimitType.BUDGET,
     )
     refusal.num_retries = 0  # LiteLLM reads this: retrying a budget refusal cannot succeed
+    return refusal
+
+
+def _ledger_unavailable(model_group: str, exc: LedgerUnavailableError) -> litellm.ServiceUnavailableError:
+    refusal = litellm.ServiceUnavailableError(
+        message=f"llm-router: model group {model_group!r}: {exc}", llm_provider="llm-router", model=model_group,
+    )
+    refusal.num_retries = 0  # LiteLLM reads this: its immediate retries would meet the same outage
     return refusal
 
 

@@ -23,6 +23,8 @@ from router_litellm_support import (
     wait_for,
 )
 
+from llm_router_plugin import LedgerUnavailableError
+
 MakeStrategy = Callable[..., RoutingStrategy]
 
 
@@ -94,6 +96,25 @@ async def test_exhausted_budgets_fail_fast_with_429_naming_the_deployments(make_
         await strategy.router.acompletion(model="chat", messages=messages(MATH))
     assert caught.value.status_code == 429
     assert "big" in str(caught.value) and "small" in str(caught.value)
+
+
+async def test_an_unreachable_ledger_fails_fast_with_503_naming_it(
+    make_strategy: MakeStrategy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    strategy = make_strategy()
+    core = strategy.adapter.router("chat")
+    assert core is not None
+
+    def unreachable(*args: Any, **kwargs: Any) -> bool:
+        raise LedgerUnavailableError("redis://127.0.0.1:1/0", "Connection refused")
+
+    monkeypatch.setattr(core.ledger, "try_reserve", unreachable)
+    with pytest.raises(litellm.ServiceUnavailableError) as caught:
+        await strategy.router.acompletion(model="chat", messages=messages(MATH))
+    assert caught.value.status_code == 503
+    assert caught.value.num_retries == 0
+    assert "budget ledger unreachable (redis://127.0.0.1:1/0: Connection refused)" in str(caught.value)
+    assert core.status().decisions == 0  # nothing was served, nothing is open
 
 
 async def test_exhausted_budgets_go_to_the_fallback_deployment(make_strategy: MakeStrategy) -> None:
