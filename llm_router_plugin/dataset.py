@@ -100,9 +100,17 @@ def _open_text(path: Path) -> IO[str]:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a CSV or JSONL file (gzip or plain); a row that cannot be read is ``{"__error__": why}``.
+
+    A file is JSONL by its name (``.jsonl``, ``.jsonl.gz``, ``.ndjson``) or when it starts with ``{``.
+    """
     with _open_text(path) as fh:
-        if path.name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        first = fh.read(1)
+        while first.isspace():
+            first = fh.read(1)
+        fh.seek(0)
+        if path.name.endswith((".jsonl", ".jsonl.gz", ".ndjson")) or first == "{":
             for number, line in enumerate(fh, start=1):
                 if line.strip():
                     try:
@@ -190,7 +198,7 @@ def read_data(path: str | Path) -> DataFile:
     """
     path = Path(path)
     try:
-        raw_rows = list(_records(path))
+        raw_rows = list(read_records(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"no such data file: {path}") from None
     except (OSError, EOFError, zlib.error) as exc:

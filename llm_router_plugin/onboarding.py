@@ -11,13 +11,11 @@ missing (the tokens and cost are still learned). Onboarding the same file twice 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_router_plugin.dataset import read_records
 from llm_router_plugin.embedding import Embedder
 from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
 from llm_router_plugin.profiles import ProfilePrompt, ProfileSet
@@ -61,21 +59,6 @@ class ProfileResults:
     outcomes: dict[str, tuple[ProfilePrompt, ModelOutcome]] = field(default_factory=dict)
     skipped: int = 0
     errors: dict[int, str] = field(default_factory=dict)
-
-
-def _rows(path: Path) -> list[tuple[int, Any]]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix in (".jsonl", ".ndjson") or text.lstrip().startswith("{"):
-        rows: list[tuple[int, Any]] = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    rows.append((number, ValueError(f"not JSON ({exc.msg})")))
-        return rows
-    reader = csv.DictReader(io.StringIO(text))
-    return [(number, row) for number, row in enumerate(reader, start=2)]
 
 
 def _value(raw: dict[str, Any], key: str) -> Any:
@@ -122,12 +105,10 @@ def read_results(path: str | Path, profile: ProfileSet, model: str) -> ProfileRe
     if not path.is_file():
         raise FileNotFoundError(f"results: no such file {path}")
     parsed = ProfileResults()
-    for number, raw in _rows(path):
+    for number, raw in read_records(path):
         try:
-            if isinstance(raw, ValueError):
-                raise raw
-            if not isinstance(raw, dict):
-                raise ValueError("not a JSON object")
+            if "__error__" in raw:
+                raise ValueError(raw["__error__"])
             if model in raw:  # the unified data schema: the model's columns hold its outcome
                 columns = {key: raw.get(model + suffix) for suffix, key in _UNIFIED.items()}
                 raw = {"prompt": raw.get("prompt"), **columns}

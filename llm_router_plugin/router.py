@@ -452,13 +452,13 @@ class Router:
         """
         if self.config.exploration <= 0:
             return None
-        unknown = set(self.unknown_models())
-        candidates = [i for i in affordable if self._deployments[i].model in unknown]
         period = math.ceil(1.0 / max(self.config.exploration, 1e-9))  # a denormal share would overflow
         count = self.decisions.count() + 1
-        if not candidates or count % period:
-            return None
-        return candidates[(count // period) % len(candidates)]
+        if count % period:
+            return None  # most decisions: nothing more to look at
+        unknown = set(self.unknown_models())
+        candidates = [i for i in affordable if self._deployments[i].model in unknown]
+        return candidates[(count // period) % len(candidates)] if candidates else None
 
     def _fallback(
         self, request: _Request, embedding: np.ndarray, quality: np.ndarray, usage: list[dict[str, float]],
