@@ -132,7 +132,7 @@ CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at) WHERE status = 'he
 """
 
 # The decision log (decisions.py) shares the ledger's file; alone, it is what a router on a Redis ledger leaves.
-_DECISION_LOG_TABLES = frozenset({"decisions", "decision_count"})
+_DECISION_LOG_TABLES = frozenset({"decisions", "decision_count", "leases"})
 
 
 def _open(path: Path) -> sqlite3.Connection:

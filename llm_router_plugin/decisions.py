@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from llm_router_plugin._files import private_dir, private_file
+from llm_router_plugin.validation import lease_ms
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -29,6 +30,8 @@ CREATE INDEX IF NOT EXISTS decisions_time ON decisions (created_at);
 -- in a one-row table, updated in the same transaction as each insert (a log from before this table is counted once).
 CREATE TABLE IF NOT EXISTS decision_count (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
 INSERT OR IGNORE INTO decision_count (id, n) SELECT 0, COUNT(*) FROM decisions;
+-- Leases let one process of those sharing the file run a job (the dual solve) at a time.
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
 """
 
 
@@ -174,3 +177,70 @@ class DecisionLog:
         with self._lock:
             row = self._db.execute("SELECT MIN(created_at) FROM decisions").fetchone()
         return None if row is None or row[0] is None else float(row[0])
+
+    def acquire(self, name: str, owner: str, lease_s: float) -> bool:
+        """Take (or renew) the lease ``name`` for ``lease_s`` seconds unless another owner holds it.
+
+        Args:
+            name: the lease.
+            owner: a token unique to the caller.
+            lease_s: how long the lease lasts if not released.
+
+        Returns:
+            Whether ``owner`` holds the lease now.
+
+        Raises:
+            ValueError: ``lease_s`` is not a finite number above 0.
+        """
+        expires = time.time() + lease_ms(lease_s) / 1000
+        with self._lock, self._db:
+            # One statement: of the processes sharing the file, exactly one takes a free or expired lease.
+            cursor = self._db.execute(
+                "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "owner=excluded.owner, expires_at=excluded.expires_at WHERE leases.owner=excluded.owner "
+                "OR leases.expires_at <= ?",
+                (name, owner, expires, time.time()),
+            )
+            return cursor.rowcount > 0
+
+    def release(self, name: str, owner: str) -> None:
+        """Give the lease back if ``owner`` holds it."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
+
+
+class SQLiteLearningStore:
+    """The learning state of the routers sharing one decision log file (the processes of one host).
+
+    The decision log is the sample: every decision it logs is counted and kept there already.
+
+    Args:
+        decisions: the decision log.
+    """
+
+    def __init__(self, decisions: DecisionLog) -> None:
+        self.decisions = decisions
+
+    def add(self, estimates: dict[str, dict[str, float]], created_at: float) -> int:
+        """Nothing to add (the decision log counted the decision): the decision count."""
+        return self.decisions.count()
+
+    def count(self) -> int:
+        """Decisions in the log."""
+        return self.decisions.count()
+
+    def first_time(self) -> float | None:
+        """When the first logged decision was made."""
+        return self.decisions.first_time()
+
+    def recent(self, limit: int) -> list[dict[str, dict[str, float]]]:
+        """Estimates of the newest ``limit`` decisions, oldest first."""
+        return self.decisions.recent_estimates(limit)
+
+    def acquire(self, name: str, owner: str, lease_s: float) -> bool:
+        """See :meth:`DecisionLog.acquire`."""
+        return self.decisions.acquire(name, owner, lease_s)
+
+    def release(self, name: str, owner: str) -> None:
+        """See :meth:`DecisionLog.release`."""
+        self.decisions.release(name, owner)

@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import redis
@@ -201,13 +201,52 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _address(client: redis.Redis) -> str:
+def address(client: redis.Redis) -> str:
     """The client's server as ``redis://host:port/db`` (or ``unix://path``): never its credentials."""
     kwargs = client.connection_pool.connection_kwargs
     db = kwargs.get("db", 0)
     if kwargs.get("path"):
         return f"unix://{kwargs['path']}?db={db}"
     return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+def connect(client_or_url: redis.Redis | str, password: str | None) -> redis.Redis:
+    """A client for a ``redis://`` URL (with ``password``, never taken from the URL's text), or the client given.
+
+    Raises:
+        ValueError: a password comes with a client (it brings its own).
+    """
+    if not isinstance(client_or_url, str):
+        if password is not None:
+            raise ValueError("password: only a URL takes a password (configure it on the client passed in)")
+        return client_or_url
+    auth = {} if password is None else {"password": password}
+    return redis.Redis.from_url(client_or_url, decode_responses=True, **auth)
+
+
+def key_prefix(namespace: str) -> str:
+    """``{namespace}``: the hash tag that keeps a namespace's keys in one cluster slot.
+
+    Raises:
+        ValueError: the namespace is empty or holds ``{`` or ``}`` (they would move the tag and mix namespaces).
+    """
+    if not namespace or "{" in namespace or "}" in namespace:
+        raise ValueError(f"namespace must be non-empty and without braces, got {namespace!r}")
+    return "{" + namespace + "}"
+
+
+@contextmanager
+def reachable(client: redis.Redis) -> Iterator[None]:
+    """Turn the client's "cannot reach the server" errors into :class:`LedgerUnavailableError` (naming the server,
+    never its password)."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        reason = str(exc) or type(exc).__name__
+        password = client.connection_pool.connection_kwargs.get("password")
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise LedgerUnavailableError(address(client), reason) from None
 
 
 def _num(value: float) -> str:
@@ -245,27 +284,16 @@ class RedisLedger:
         ttl_margin_s: float = 3600.0,
         password: str | None = None,
     ) -> None:
-        # The namespace is the key's hash tag: braces inside it would move the tag and mix namespaces.
-        if not namespace or "{" in namespace or "}" in namespace:
-            raise ValueError(f"namespace must be non-empty and without braces, got {namespace!r}")
+        self._prefix = key_prefix(namespace)
         windows = dict(window_seconds or {})
         for name, seconds in windows.items():
             if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
                 raise ValueError(f"window_seconds: {name}={seconds} must be a positive number of seconds or None")
         if not (math.isfinite(ttl_margin_s) and ttl_margin_s >= 0):
             raise ValueError(f"ttl_margin_s must be finite and non-negative, got {ttl_margin_s}")
-        if password is not None and not isinstance(client_or_url, str):
-            raise ValueError("password: only a URL takes a password (configure it on the client passed in)")
-        auth = {} if password is None else {"password": password}
         self._owns_client = isinstance(client_or_url, str)
-        self.client: redis.Redis = (
-            redis.Redis.from_url(client_or_url, decode_responses=True, **auth)
-            if isinstance(client_or_url, str)
-            else client_or_url
-        )
+        self.client = connect(client_or_url, password)
         self.namespace = namespace
-        self._label = _address(self.client)
-        self._prefix = "{" + namespace + "}"
         self._windows = windows
         self._margin = ttl_margin_s
         self._reserve = self.client.register_script(_RESERVE)
@@ -286,17 +314,8 @@ class RedisLedger:
         if self._owns_client:
             self.client.close()
 
-    @contextmanager
-    def _reachable(self) -> Iterator[None]:
-        """Turn the client's "cannot reach the server" errors into :class:`LedgerUnavailableError`."""
-        try:
-            yield
-        except UNREACHABLE as exc:
-            reason = str(exc) or type(exc).__name__
-            password = self.client.connection_pool.connection_kwargs.get("password")
-            if password:
-                reason = reason.replace(str(password), "***")
-            raise LedgerUnavailableError(self._label, reason) from None
+    def _reachable(self) -> AbstractContextManager[None]:
+        return reachable(self.client)
 
     def _keys(self, deployment: str, window: int) -> list[str]:
         # The window is an integer and the suffix fixed, so a deployment name with colons cannot collide.

@@ -32,29 +32,22 @@ from llm_router_plugin.budget import UNITS, BudgetLedger, Reservation, Settlemen
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.dataset import DataFile, ImportReport, import_history, read_data
 from llm_router_plugin.decisions import DecisionLog
-from llm_router_plugin.duals import (
-    Budgets,
-    DualSolution,
-    pick,
-    scores,
-    solve_max_quality,
-    solve_quality_target,
-)
+from llm_router_plugin.duals import Budgets, DualSolution, pick, scores, solve_max_quality, solve_quality_target
 from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, make_embedder, query_text
-from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, UnknownDecisionError
+from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, LedgerUnavailableError, UnknownDecisionError
 from llm_router_plugin.estimator import PRIOR_QUALITY, Estimates, Estimator, KnnEstimator, mean_estimates
 from llm_router_plugin.history import FIELDS, STORE_UNREACHABLE, ChromaHistory, HistoryRecord, ModelOutcome
+from llm_router_plugin.learning import SAMPLE_SIZE, DualState, LearningStore, open_learning_store
 from llm_router_plugin.pricing import resolve_prices, usage_estimate
 from llm_router_plugin.profiles import ProfileSet, default_profile_set
 from llm_router_plugin.validation import optional_amount, optional_token_count, score, token_count
 
 Phase = Literal["warmup", "learned", "explore", "fallback"]
 
-#: Decisions the dual LP is solved on at most (the most recent ones).
-MAX_SAMPLE = 4000
+#: Decisions the dual LP is solved on at most (the most recent ones; a Redis sample keeps as many).
+MAX_SAMPLE = SAMPLE_SIZE
 #: Prompt tokens assumed per image, file or audio part when the caller counted none (a high-detail image is ~765).
 NON_TEXT_PART_TOKENS = 1000
-_STATE_KEY = "duals"
 #: Seconds between two warnings that the history store is unreachable (one per route would flood the log).
 UNREACHABLE_WARN_S = 60.0
 #: What a decision's reason says when its estimates come from cached means because the store could not be read.
@@ -205,6 +198,8 @@ class Router:
         history: overrides the Chroma store the config names.
         ledger: overrides the ledger the config names (``config.ledger``: SQLite in ``config.data_dir`` or Redis).
         decisions: overrides the decision log in ``config.data_dir``.
+        learning: overrides the shared decision count, LP sample and solve lease (the decision log with a SQLite
+            ledger; the Redis namespace with a Redis ledger).
         profile_set: overrides the profile set the config names.
         estimator: overrides the k-NN estimator built from the history and the profile set's centres.
         clock: epoch-seconds clock (tests and replays pass their own).
@@ -223,6 +218,7 @@ class Router:
         history: ChromaHistory | None = None,
         ledger: BudgetLedger | None = None,
         decisions: DecisionLog | None = None,
+        learning: LearningStore | None = None,
         profile_set: ProfileSet | None = None,
         estimator: Estimator | None = None,
         clock: Callable[[], float] = time.time,
@@ -235,6 +231,7 @@ class Router:
         self.history = history or ChromaHistory.from_config(config)
         self.ledger: BudgetLedger = ledger or open_ledger(config)
         self.decisions = decisions or DecisionLog(data_dir / "ledger.sqlite3")
+        self.learning: LearningStore = learning or open_learning_store(config, self.decisions)
         if profile_set is None:
             profile_set = _load_profile_set(config.profile_set)
         if profile_set.embedding_model != self.embedder.name:
@@ -258,7 +255,10 @@ class Router:
         self._solve_lock = threading.Lock()
         self._warned: set[str] = set()
         self._unreachable_warned_at = -math.inf
-        self._state: dict[str, Any] = self.ledger.get_state(_STATE_KEY) or {}
+        self._learning_warned_at = -math.inf
+        self._known_count = 0
+        self._first_time: float | None = None
+        self.duals = DualState(self.ledger, self.learning, config.warmup_queries)
 
     @classmethod
     def from_config(cls, source: str | Path | dict[str, Any] | RouterConfig, **kwargs: Any) -> Router:
@@ -379,21 +379,20 @@ class Router:
         if degraded:
             request = replace(request, degraded=True)
         quality, usage = self._deployment_estimates(estimates, request)
-        self._maybe_solve(now)
+        count = self._count()
+        self._maybe_solve(now, count)
         remaining = self._remaining(now)
         allowed = request.allowed
         affordable = [i for i in allowed if self._covers(remaining[i], self._needed(usage[i]))]
         phase: Phase = "learned" if self._learned else "warmup"
-        pace = self._pace(remaining, now) if phase == "warmup" else None
+        pace = self._pace(remaining, now, count) if phase == "warmup" else None
         score = self._scores(quality, usage, pace)
-        explore = self._explore(affordable)
+        explore = self._explore(affordable, count)
         if explore is not None:
             decision_id = uuid.uuid4().hex
             if self._reserve(decision_id, explore, usage[explore], now, enforce=True):
-                decision = self._finish(decision_id, explore, "explore", request, embedding, quality, usage, score,
-                                        remaining, affordable, now)
-                self._maybe_solve(now)
-                return decision
+                return self._finish(decision_id, explore, "explore", request, embedding, quality, usage, score,
+                                    remaining, affordable, now)
             affordable = [i for i in affordable if i != explore]  # taken meanwhile: choose among the others
         if pace is not None:
             # Before any price is learned, prefer deployments within the pace (budget left per query still
@@ -412,10 +411,8 @@ class Router:
             best = pick(score, share, affordable)
             decision_id = uuid.uuid4().hex
             if self._reserve(decision_id, best, usage[best], now, enforce=True):
-                decision = self._finish(decision_id, best, phase, request, embedding, quality, usage, score,
-                                        remaining, affordable, now)
-                self._maybe_solve(now)  # this decision may complete the warm-up or a doubling step
-                return decision
+                return self._finish(decision_id, best, phase, request, embedding, quality, usage, score,
+                                    remaining, affordable, now)
             affordable.remove(best)  # another request took the budget between the check and the hold
         return self._fallback(request, embedding, quality, usage, score, remaining, now, priced_out=priced_out)
 
@@ -444,7 +441,7 @@ class Router:
             raise ValueError(f"profile_set: its centres have dimension {width}, the embedder {self.embedder.name} "
                              f"makes {embedding.shape[-1]}; rebuild it with llm-router profile build")
 
-    def _explore(self, affordable: list[int]) -> int | None:
+    def _explore(self, affordable: list[int], count: int) -> int | None:
         """Every ⌈1 / exploration⌉-th decision, an affordable deployment whose model has no quality in history.
 
         A model nothing is known about learns only from traffic, so a small share goes to it, budget permitting.
@@ -453,12 +450,12 @@ class Router:
         if self.config.exploration <= 0:
             return None
         period = math.ceil(1.0 / max(self.config.exploration, 1e-9))  # a denormal share would overflow
-        count = self.decisions.count() + 1
-        if count % period:
+        number = count + 1  # this decision's
+        if number % period:
             return None  # most decisions: nothing more to look at
         unknown = set(self.unknown_models())
         candidates = [i for i in affordable if self._deployments[i].model in unknown]
-        return candidates[(count // period) % len(candidates)] if candidates else None
+        return candidates[(number // period) % len(candidates)] if candidates else None
 
     def _fallback(
         self, request: _Request, embedding: np.ndarray, quality: np.ndarray, usage: list[dict[str, float]],
@@ -467,8 +464,8 @@ class Router:
         fallbacks = [i for i in request.allowed if self._deployments[i].fallback]
         if not fallbacks:
             # A refused query is traffic all the same: logged, it counts toward the volume and the LP's sample.
-            self.decisions.add(uuid.uuid4().hex, "", "", "declined", embedding, None,
-                               self._logged_estimates(quality, usage), created_at=now)
+            self._log_decision(uuid.uuid4().hex, "", "", "declined", embedding, None,
+                               self._logged_estimates(quality, usage), now)
             raise BudgetExhaustedError({self._deployments[i].name: remaining[i] for i in request.allowed},
                                        priced_out=priced_out)
         best = max(fallbacks, key=lambda i: quality[i])
@@ -573,13 +570,12 @@ class Router:
         left = max(0.0, start + window - now) / window
         if self.config.expected_queries is not None:
             return max(1.0, self.config.expected_queries * left)
-        first = self.decisions.first_time()
+        first = self._first_decision_time()
         elapsed = now - first if first is not None else 0.0
         rate = seen / elapsed if elapsed > 0 else float(self.config.warmup_queries) / window
         return max(1.0, rate * window * left)
 
-    def _pace(self, remaining: list[dict[str, float]], now: float) -> list[dict[str, float]]:
-        seen = self.decisions.count()  # once per query: it is a database read
+    def _pace(self, remaining: list[dict[str, float]], now: float, seen: int) -> list[dict[str, float]]:
         pace = []
         for i, deployment in enumerate(self._deployments):
             expected = self._expected_remaining(deployment, now, seen) if remaining[i] else 1.0
@@ -590,42 +586,71 @@ class Router:
 
     @property
     def _learned(self) -> bool:
-        return "solved_at" in self._state
+        return self.duals.learned
 
     def _solution(self) -> DualSolution:
-        lambdas = self._state.get("lambdas") or {}
-        return DualSolution(
-            np.array([lambdas.get(b.deployment.name, {}).get(b.unit, 0.0) for b in self._budgets], dtype=float),
-            mu=float(self._state.get("mu", 0.0)),
-            feasible=bool(self._state.get("feasible", True)),
-        )
+        return self.duals.solution([(b.deployment.name, b.unit) for b in self._budgets])
 
     def _window_key(self, now: float) -> list[int]:
         return [self._window(d, now) for d in self._deployments]
 
-    def _maybe_solve(self, now: float) -> None:
-        count = self.decisions.count()
-        due = count >= self._state.get("next_solve_at", self.config.warmup_queries)
-        reset = self._learned and self._state.get("window_key") != self._window_key(now)
-        if due or reset:
-            with self._solve_lock:
-                if self.decisions.count() >= self._state.get("next_solve_at", self.config.warmup_queries) or reset:
+    def _maybe_solve(self, now: float, count: int) -> None:
+        """Re-solve when the shared decision count reaches the next solve or a window reset, one router at a time.
+
+        Learning state that cannot be read (its Redis went away) leaves the current weights in use: weights only
+        steer the choice, the ledger enforces the budgets.
+        """
+        window_key = self._window_key(now)
+        try:
+            if not self.duals.due(count, window_key):
+                return
+            with self._solve_lock, self.duals.solving(self._count, window_key) as solve:
+                if solve:
                     self.resolve(now)
+        except LedgerUnavailableError as exc:
+            self._warn_learning(exc)
+
+    def _count(self) -> int:
+        """Decisions made by every router sharing the learning store (the last count read, if it cannot be read)."""
+        try:
+            self._known_count = self.learning.count()
+        except LedgerUnavailableError as exc:
+            self._warn_learning(exc)
+        return self._known_count
+
+    def _first_decision_time(self) -> float | None:
+        if self._first_time is None:  # set once, by the first decision: read until there is one
+            try:
+                self._first_time = self.learning.first_time()
+            except LedgerUnavailableError as exc:
+                self._warn_learning(exc)
+        return self._first_time
+
+    def _warn_learning(self, exc: LedgerUnavailableError) -> None:
+        now = time.monotonic()
+        if now - self._learning_warned_at >= UNREACHABLE_WARN_S:
+            self._learning_warned_at = now
+            _log.warning("shared learning state unreachable (%s): routing goes on with the last decision count and "
+                         "weights read; budgets stay with the ledger", exc)
 
     def resolve(self, now: float | None = None) -> DualSolution:
         """Re-solve the dual weights now, on the recent decisions, with remaining budget over remaining volume.
 
-        Called automatically after W, 2W, 4W … decisions and when a budget window resets.
+        Called automatically after W, 2W, 4W … decisions (of every router sharing the ledger) and when a budget
+        window resets, by one router at a time; the others use the weights it publishes.
 
         Args:
             now: the clock.
 
         Returns:
-            The new weights (also persisted with the ledger).
+            The new weights (also published through the ledger to every router sharing it).
+
+        Raises:
+            LedgerUnavailableError: the ledger or the learning store cannot be reached.
         """
         now = self._clock() if now is None else now
         sample, skipped = self._sample()
-        count = self.decisions.count()
+        count = self.learning.count()
         remaining = self._remaining(now)
         amounts = np.array([
             max(0.0, remaining[b.index][b.unit]) * len(sample) / self._expected_remaining(b.deployment, now, count)
@@ -652,7 +677,7 @@ class Router:
         if skipped:
             notes.append(f"skipped {skipped} logged decision(s) whose estimates are not finite, non-negative numbers")
             _log.warning("dual solve: %s", notes[-1])
-        self._state = {
+        self.duals.publish({
             "lambdas": lambdas,
             "mu": solution.mu,
             "feasible": solution.feasible,
@@ -661,8 +686,7 @@ class Router:
             "next_solve_at": max(2 * count, self.config.warmup_queries),
             "window_key": self._window_key(now),
             "sample_size": len(sample),
-        }
-        self.ledger.set_state(_STATE_KEY, self._state)
+        })
         return solution
 
     def _sample(self) -> tuple[list[dict[str, dict[str, float]]], int]:
@@ -670,7 +694,7 @@ class Router:
         names = {d.name for d in self._deployments}
         keys = ("quality", *UNITS)
         # Rows logged under another set of deployments (the config changed) cannot join the LP.
-        rows = [row for row in self.decisions.recent_estimates(MAX_SAMPLE) if names <= row.keys()]
+        rows = [row for row in self.learning.recent(MAX_SAMPLE) if names <= row.keys()]
         # One non-finite or negative number (an older version's bug, a hand-edited log) would make every solve, and
         # so every later route, fail: such rows are left out.
         usable = [row for row in rows if all(
@@ -686,7 +710,7 @@ class Router:
         quality: np.ndarray, usage: list[dict[str, float]], score: np.ndarray, remaining: list[dict[str, float]],
         affordable: list[int], now: float,
     ) -> Decision:
-        weights = self._state.get("lambdas") or {}
+        weights = self.duals.lambdas
         candidates = [
             Candidate(
                 deployment=d.name, model=d.model, quality=float(quality[i]), tokens=usage[i]["tokens"],
@@ -698,11 +722,12 @@ class Router:
         ]
         candidates.sort(key=lambda c: c.score, reverse=True)
         chosen_dep = self._deployments[chosen]
-        self.decisions.add(
+        count = self._log_decision(
             decision_id, chosen_dep.name, chosen_dep.model, phase, embedding,
             request.text if self.config.store_prompts and request.text else None,
-            self._logged_estimates(quality, usage), created_at=now,
+            self._logged_estimates(quality, usage), now,
         )
+        self._maybe_solve(now, count)  # this decision may complete the warm-up or a doubling step
         reason = self._reason(phase, chosen_dep, quality[chosen], score[chosen], len(affordable))
         if request.degraded:
             reason = f"{DEGRADED_REASON}; {reason}"
@@ -716,6 +741,17 @@ class Router:
             prompt_tokens=request.prompt_tokens, reserved=self._held(usage[chosen]),
             candidates=candidates, created_at=now,
         )
+
+    def _log_decision(self, decision_id: str, deployment: str, profile: str, phase: str, embedding: np.ndarray,
+                      text: str | None, estimates: dict[str, dict[str, float]], now: float) -> int:
+        """Log a decision here and count it in the shared learning state; the shared decision count."""
+        self.decisions.add(decision_id, deployment, profile, phase, embedding, text, estimates, created_at=now)
+        try:
+            self._known_count = self.learning.add(estimates, now)
+        except LedgerUnavailableError as exc:  # the decision is logged and its budget held: it must still be served
+            self._warn_learning(exc)
+            self._known_count += 1
+        return self._known_count
 
     def _logged_estimates(self, quality: np.ndarray, usage: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         return {d.name: {"quality": float(quality[i]), **usage[i]} for i, d in enumerate(self._deployments)}
@@ -902,7 +938,11 @@ class Router:
     def status(self) -> RouterStatus:
         """Budgets, spend, reservations, weights, phase and history size."""
         now = self._clock()
-        weights = self._state.get("lambdas") or {}
+        try:
+            self.duals.reload()
+        except LedgerUnavailableError as exc:
+            self._warn_learning(exc)
+        weights = self.duals.lambdas
         rows = []
         for deployment in self._deployments:
             window = self._window(deployment, now)
@@ -915,10 +955,9 @@ class Router:
                 weights=dict(weights.get(deployment.name, {})), fallback=deployment.fallback,
             ))
         return RouterStatus(
-            phase="learned" if self._learned else "warmup", mode=self.config.mode, decisions=self.decisions.count(),
-            next_solve_at=int(self._state.get("next_solve_at", self.config.warmup_queries)),
-            history_size=self.history.count(), mu=float(self._state.get("mu", 0.0)),
-            solve_notes=list(self._state.get("notes", [])), unknown_models=self.unknown_models(), deployments=rows,
+            phase="learned" if self._learned else "warmup", mode=self.config.mode, decisions=self._count(),
+            next_solve_at=self.duals.next_solve_at, history_size=self.history.count(), mu=self.duals.mu,
+            solve_notes=self.duals.notes, unknown_models=self.unknown_models(), deployments=rows,
         )
 
     def unknown_models(self) -> list[str]:

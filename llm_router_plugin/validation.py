@@ -93,3 +93,23 @@ def _shown(value: Any) -> str:
     except ValueError:  # an int of more digits than Python converts to text
         return f"a {type(value).__name__} too large to show"
     return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def lease_ms(lease_s: Any) -> int:
+    """A lease duration in whole milliseconds (at least 1).
+
+    Args:
+        lease_s: the duration in seconds.
+
+    Returns:
+        Milliseconds, rounded up.
+
+    Raises:
+        ValueError: ``lease_s`` is not a finite number above 0 (the message names ``lease_s``).
+    """
+    if isinstance(lease_s, bool) or not isinstance(lease_s, numbers.Real):
+        raise ValueError(f"lease_s: must be a number of seconds, got {_shown(lease_s)}")
+    number = _finite(lease_s)
+    if number is None or number <= 0:
+        raise ValueError(f"lease_s: must be a finite number of seconds above 0, got {_shown(lease_s)}")
+    return max(1, math.ceil(number * 1000))
