@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +107,12 @@ class BudgetLedger(Protocol):
         self, deployment: str, window: int, now: float | None = None
     ) -> tuple[dict[str, float], dict[str, float]]:
         """(spent, held) by unit for a deployment in a window."""
+        ...
+
+    def usages(
+        self, windows: Sequence[tuple[str, int]], now: float | None = None
+    ) -> list[tuple[dict[str, float], dict[str, float]]]:
+        """:meth:`usage` of several (deployment, window) pairs in one round trip, in their order."""
         ...
 
     def get_state(self, key: str) -> Any:
@@ -348,10 +354,16 @@ class SQLiteLedger:
         self, deployment: str, window: int, now: float | None = None
     ) -> tuple[dict[str, float], dict[str, float]]:
         """Spent and currently held amounts of a deployment in a window, by unit."""
+        return self.usages([(deployment, window)], now)[0]
+
+    def usages(
+        self, windows: Sequence[tuple[str, int]], now: float | None = None
+    ) -> list[tuple[dict[str, float], dict[str, float]]]:
+        """Spent and held amounts of several (deployment, window) pairs, read in one transaction, in their order."""
         now = time.time() if now is None else now
         with self._tx() as db:
             self._expire(db, now)
-            return self._totals(db, deployment, window)
+            return [self._totals(db, deployment, window) for deployment, window in windows]
 
     def get_state(self, key: str) -> Any:
         """A persisted JSON value, or ``None``."""

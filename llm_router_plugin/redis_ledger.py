@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -249,6 +249,16 @@ def reachable(client: redis.Redis) -> Iterator[None]:
         raise LedgerUnavailableError(address(client), reason) from None
 
 
+def _usage_of(reply: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """(spent, held) from the usage script's reply: flat unit/amount pairs, then the held tokens and USD."""
+    flat, tokens, usd = reply
+    spent = dict.fromkeys(UNITS, 0.0)
+    pairs = [_text(v) for v in flat]
+    for unit, amount in zip(pairs[::2], pairs[1::2], strict=True):
+        spent[unit] = float(amount)
+    return spent, {"tokens": float(_text(tokens)), "usd": float(_text(usd))}
+
+
 def _num(value: float) -> str:
     # repr is the shortest text that parses back to the same double (Lua's tonumber reads it exactly).
     return repr(float(value))
@@ -436,16 +446,24 @@ class RedisLedger:
         Raises:
             LedgerUnavailableError: the server cannot be reached.
         """
+        return self.usages([(deployment, window)], now)[0]
+
+    def usages(
+        self, windows: Sequence[tuple[str, int]], now: float | None = None
+    ) -> list[tuple[dict[str, float], dict[str, float]]]:
+        """:meth:`usage` of several (deployment, window) pairs, in one round trip (a pipeline), in their order.
+
+        Raises:
+            LedgerUnavailableError: the server cannot be reached.
+        """
         now = time.time() if now is None else now
         with self._reachable():
-            flat, tokens, usd = self._usage(
-                keys=self._keys(deployment, window), args=[_num(now), self._ttl_ms(deployment)]
-            )
-        spent = dict.fromkeys(UNITS, 0.0)
-        pairs = [_text(v) for v in flat]
-        for unit, amount in zip(pairs[::2], pairs[1::2], strict=True):
-            spent[unit] = float(amount)
-        return spent, {"tokens": float(_text(tokens)), "usd": float(_text(usd))}
+            pipe = self.client.pipeline(transaction=False)
+            for deployment, window in windows:
+                self._usage(keys=self._keys(deployment, window), args=[_num(now), self._ttl_ms(deployment)],
+                            client=pipe)
+            replies = pipe.execute()
+        return [_usage_of(reply) for reply in replies]
 
     def get_state(self, key: str) -> Any:
         """A persisted JSON value, or ``None``.

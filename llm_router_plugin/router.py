@@ -533,14 +533,19 @@ class Router:
         return window_index(self.ledger.anchor, deployment.window_seconds, now)
 
     def _remaining(self, now: float) -> list[dict[str, float]]:
+        limited = [d for d in self._deployments if d.budget_limits()]
+        # One round trip for all of them: on a Redis ledger, one per deployment would dominate the route.
+        usages = dict(zip(
+            (d.name for d in limited),
+            self.ledger.usages([(d.name, self._window(d, now)) for d in limited], now), strict=True,
+        ))
         out: list[dict[str, float]] = []
         for deployment in self._deployments:
-            limits = deployment.budget_limits()
-            if not limits:
+            if deployment.name not in usages:
                 out.append({})
                 continue
-            spent, held = self.ledger.usage(deployment.name, self._window(deployment, now), now)
-            out.append({u: limit - spent[u] - held[u] for u, limit in limits.items()})
+            spent, held = usages[deployment.name]
+            out.append({u: limit - spent[u] - held[u] for u, limit in deployment.budget_limits().items()})
         return out
 
     def _reserve(self, decision_id: str, index: int, usage: dict[str, float], now: float, enforce: bool) -> bool:

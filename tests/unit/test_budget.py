@@ -95,6 +95,21 @@ def test_a_failure_recorded_after_expiry_refunds_the_charge(ledger: BudgetLedger
     assert ledger.usage("d", 0, 14.0)[0]["tokens"] == 5
 
 
+def test_usages_read_many_deployments_and_windows_at_once(ledger: BudgetLedger) -> None:
+    assert hold(ledger, "a", 60, expires_at=10.0)
+    assert hold(ledger, "b", 30, window=1)
+    ledger.settle("b", {"tokens": 20.0, "usd": 0.5}, 0.0)
+    pairs = [("d", 1), ("unknown", 0), ("d", 0)]
+    # In the order asked; the expired hold of window 0 is charged by the same read.
+    assert ledger.usages(pairs, 11.0) == [
+        ({"tokens": 20.0, "usd": 0.5}, {"tokens": 0.0, "usd": 0.0}),
+        ({"tokens": 0.0, "usd": 0.0}, {"tokens": 0.0, "usd": 0.0}),
+        ({"tokens": 60.0, "usd": 0.0}, {"tokens": 0.0, "usd": 0.0}),
+    ]
+    assert ledger.usages(pairs, 11.0) == [ledger.usage(name, window, 11.0) for name, window in pairs]
+    assert ledger.usages([], 11.0) == []
+
+
 def test_windows_are_separate(ledger: BudgetLedger) -> None:
     assert hold(ledger, "a", 100, window=0)
     assert not hold(ledger, "b", 1, window=0)
