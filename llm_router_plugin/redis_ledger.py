@@ -286,6 +286,15 @@ class RedisLedger:
         if self._owns_client:
             self.client.close()
 
+    def ping(self) -> None:
+        """Check that the server answers.
+
+        Raises:
+            LedgerUnavailableError: the server cannot be reached.
+        """
+        with self._reachable():
+            self.client.ping()
+
     @contextmanager
     def _reachable(self) -> Iterator[None]:
         """Turn the client's "cannot reach the server" errors into :class:`LedgerUnavailableError`."""
