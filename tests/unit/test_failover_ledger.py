@@ -151,6 +151,15 @@ def test_a_router_starts_during_an_outage_on_the_anchor_it_saw_last(tmp_path: Pa
         failover(url, f"{namespace}-other", fallback)
 
 
+def test_spend_queued_for_one_namespace_is_never_replayed_into_another(tmp_path: Path) -> None:
+    namespace, fallback = f"test-{uuid.uuid4().hex}", tmp_path / "fallback.sqlite3"
+    with redis_server(tmp_path / "redis") as url:
+        ledger = failover(url, namespace, fallback)
+    assert ledger.try_reserve(hold("local", 10))  # queued for this namespace
+    with pytest.raises(ValueError, match=f"ledger_namespace: .*still queues spend for namespace '{namespace}'"):
+        failover(url, f"{namespace}-other", fallback)
+
+
 def test_the_fallback_options_are_checked_and_name_their_field(tmp_path: Path) -> None:
     base: dict[str, Any] = {"data_dir": str(tmp_path), "deployments": [{"name": "d"}], "ledger": "redis://h:1/0"}
     assert RouterConfig.from_dict(base).ledger_fallback == "none"
