@@ -383,6 +383,8 @@ def open_ledger(config: RouterConfig) -> BudgetLedger:
     ``"sqlite"`` opens (or creates) ``<data_dir>/ledger.sqlite3``. A Redis URL opens a
     :class:`~llm_router_plugin.redis_ledger.RedisLedger` under ``config.ledger_namespace``, with the password from
     the variable ``config.ledger_password_env`` names and every deployment's window (so timed windows' keys expire).
+    With ``config.ledger_fallback == "local"`` it is wrapped in a
+    :class:`~llm_router_plugin.failover_ledger.FailoverLedger` on ``<data_dir>/ledger-fallback.sqlite3``.
 
     Args:
         config: the router config.
@@ -392,16 +394,29 @@ def open_ledger(config: RouterConfig) -> BudgetLedger:
 
     Raises:
         ValueError: the password variable is missing or empty (it is read now, at start).
-        LedgerCorruptError: the SQLite file exists but is not a ledger.
-        redis.RedisError: the Redis server cannot be reached or refuses the credentials.
+        LedgerCorruptError: the SQLite file (or the fallback file) exists but is not a ledger.
+        redis.RedisError: the Redis server cannot be reached or refuses the credentials (with the local fallback, an
+            unreachable server stops the start only if the fallback file does not know its anchor yet).
     """
     if not is_redis_url(config.ledger):
         return SQLiteLedger(Path(config.data_dir) / "ledger.sqlite3")
     from llm_router_plugin.redis_ledger import RedisLedger  # the redis client is loaded only when used
 
-    return RedisLedger(
-        config.ledger,
-        password=ledger_password(config.ledger_password_env),
-        namespace=config.ledger_namespace,
-        window_seconds={d.name: d.window_seconds for d in config.deployments},
+    password = ledger_password(config.ledger_password_env)
+
+    def connect() -> RedisLedger:
+        return RedisLedger(
+            config.ledger,
+            password=password,
+            namespace=config.ledger_namespace,
+            window_seconds={d.name: d.window_seconds for d in config.deployments},
+        )
+
+    if config.ledger_fallback == "none":
+        return connect()
+    from llm_router_plugin.failover_ledger import FailoverLedger, FallbackLedger
+
+    return FailoverLedger(
+        connect, FallbackLedger(Path(config.data_dir) / "ledger-fallback.sqlite3"),
+        namespace=config.ledger_namespace, share=config.ledger_fallback_share,
     )

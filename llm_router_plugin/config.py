@@ -201,6 +201,13 @@ class RouterConfig(BaseModel):
             or empty variable stops the start, naming it); ``None`` = no password. Only with a Redis ledger.
         ledger_namespace: prefix of the Redis ledger's keys: routers (or LiteLLM model groups) with the same URL
             and namespace share their deployments' budgets, and with another namespace they do not.
+        ledger_fallback: what a router does while its Redis ledger cannot be reached: ``"none"`` fails closed
+            (nothing is routed or recorded); ``"local"`` enforces budgets per host in
+            ``<data_dir>/ledger-fallback.sqlite3`` and replays every settlement into Redis once it is back. Only with
+            a Redis ledger.
+        ledger_fallback_share: in (0, 1]: the share of each budget's remaining amount (as last read from Redis) one
+            host may spend while Redis is down; with N hosts, 1/N keeps the budget. Only with ``ledger_fallback:
+            local``.
         chroma_host: use a Chroma server at this host instead of the embedded store (``chroma_port`` beside it).
         collection: Chroma collection name.
         exact_search_max: up to this many history records, neighbours are found by exact search in memory (about
@@ -240,6 +247,8 @@ class RouterConfig(BaseModel):
     ledger: str = "sqlite"
     ledger_password_env: str | None = Field(default=None, min_length=1)
     ledger_namespace: str = Field(default="llm-router", min_length=1)
+    ledger_fallback: Literal["none", "local"] = "none"
+    ledger_fallback_share: float = Field(default=1.0, gt=0, le=1)
     chroma_host: str | None = None
     chroma_port: int = Field(default=8000, ge=1, le=65535)
     collection: str = Field(default="history", min_length=3)
@@ -291,6 +300,16 @@ class RouterConfig(BaseModel):
             if not is_redis_url(self.ledger):
                 raise ValueError("ledger_password_env: only a Redis ledger takes a password; set ledger to its URL")
             ledger_password(self.ledger_password_env)
+        return self
+
+    @model_validator(mode="after")
+    def _check_ledger_fallback(self) -> RouterConfig:
+        # Compared with the defaults, not with the fields given: a dumped config (every field set) loads again.
+        for field, default in (("ledger_fallback", "none"), ("ledger_fallback_share", 1.0)):
+            if getattr(self, field) != default and not is_redis_url(self.ledger):
+                raise ValueError(f"{field}: only a Redis ledger has a fallback; set ledger to its URL")
+        if self.ledger_fallback_share != 1.0 and self.ledger_fallback != "local":
+            raise ValueError("ledger_fallback_share: only used with ledger_fallback: local")
         return self
 
     @classmethod

@@ -324,6 +324,15 @@ class RedisLedger:
         if self._owns_client:
             self.client.close()
 
+    def ping(self) -> None:
+        """Check that the server answers.
+
+        Raises:
+            LedgerUnavailableError: the server cannot be reached.
+        """
+        with self._reachable():
+            self.client.ping()
+
     def _reachable(self) -> AbstractContextManager[None]:
         return reachable(self.client)
 

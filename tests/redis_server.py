@@ -40,13 +40,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def redis_server(workdir: Path, attempts: int = 3, timeout_s: float = 10.0) -> Iterator[str]:
+def redis_server(
+    workdir: Path, attempts: int = 3, timeout_s: float = 10.0, *, port: int | None = None, persist: bool = False
+) -> Iterator[str]:
     """Run ``redis-server`` on 127.0.0.1 and a free port; yield its URL; stop it (by its own PID) at the end.
 
     Args:
-        workdir: the server's working folder (nothing is saved there: no RDB, no AOF) and its log.
+        workdir: the server's working folder and its log.
         attempts: ports tried (another process may take the free port between the probe and the bind).
         timeout_s: how long to wait for PING per attempt.
+        port: listen on this port (one attempt), for a server restarted where its clients expect it.
+        persist: keep the data in an append-only file in ``workdir``, written on every command (a server started
+            again on the same folder has it all); else nothing is saved (no RDB, no AOF).
 
     Yields:
         ``redis://127.0.0.1:<port>/0``.
@@ -63,18 +68,19 @@ def redis_server(workdir: Path, attempts: int = 3, timeout_s: float = 10.0) -> I
         pytest.fail(f"{why}; set {ALLOW_MISSING}=1 to skip the Redis tests instead", pytrace=False)
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "redis.log"
-    for _ in range(attempts):
-        port = _free_port()
-        command = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+    aof = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
+    ports = [port] if port is not None else (_free_port() for _ in range(attempts))
+    for listen in ports:
+        command = [binary, "--port", str(listen), "--bind", HOST, "--save", "", *aof,
                    "--daemonize", "no", "--dir", str(workdir), "--logfile", str(log)]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
-        url = f"redis://{HOST}:{port}/0"
+        url = f"redis://{HOST}:{listen}/0"
         try:
             deadline = time.monotonic() + timeout_s
             while process.poll() is None and time.monotonic() < deadline:
                 try:
-                    with closing(redis.Redis(host=HOST, port=port, socket_timeout=1)) as client:
+                    with closing(redis.Redis(host=HOST, port=listen, socket_timeout=1)) as client:
                         if client.ping():
                             break
                 except redis.ConnectionError:
@@ -86,4 +92,5 @@ def redis_server(workdir: Path, attempts: int = 3, timeout_s: float = 10.0) -> I
         finally:
             _stop(process)
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-    raise RuntimeError(f"redis-server did not answer PING on {HOST} after {attempts} attempts; log:\n{tail}")
+    tried = f"port {port}" if port is not None else f"{attempts} ports"
+    raise RuntimeError(f"redis-server did not answer PING on {HOST} ({tried}); log:\n{tail}")
