@@ -18,7 +18,7 @@ from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.dataset import bundled_path, import_history, read_data
 from llm_router_plugin.embedding import Keep, make_embedder
 from llm_router_plugin.errors import RouterError
-from llm_router_plugin.history import ChromaHistory
+from llm_router_plugin.history import ChromaHistory, StoreNotConnectedError
 from llm_router_plugin.onboarding import onboard as onboard_model
 from llm_router_plugin.onboarding import read_results
 from llm_router_plugin.pricing import Price, read_prices
@@ -231,8 +231,11 @@ def format_decision(decision: Decision) -> str:
 
 def format_status(snapshot: RouterStatus) -> str:
     """A status snapshot as a small table."""
+    history = "history unreachable" if snapshot.history_size is None else f"history {snapshot.history_size} records"
+    if snapshot.history_pending:
+        history += f", {snapshot.history_pending} outcome(s) queued for it"
     lines = [f"phase {snapshot.phase} ({snapshot.mode}), {snapshot.decisions} decisions, next re-solve at "
-             f"{snapshot.next_solve_at}, history {snapshot.history_size} records", "",
+             f"{snapshot.next_solve_at}, {history}", "",
              f"{'deployment':<36} {'window':>7} {'limit':>14} {'spent':>12} {'reserved':>10} {'remaining':>12} "
              f"{'λ':>10}"]
     for d in snapshot.deployments:
@@ -433,7 +436,8 @@ def main() -> None:
     """Entry point of the ``llm-router`` script."""
     try:
         app()
-    except (ValueError, FileNotFoundError) as exc:  # bad input or config: say which file or field, no traceback
+    # Bad input or config, or a Chroma server that is not up: say which file, field or server, no traceback.
+    except (ValueError, FileNotFoundError, StoreNotConnectedError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
 

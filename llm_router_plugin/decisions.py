@@ -78,6 +78,25 @@ class DecisionLog:
         self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._add_history_queue()
+
+    def _add_history_queue(self) -> None:
+        """Add the history write queue to a log from an earlier version (the column, then its index to every log).
+
+        ``history_pending`` is > 0 while a decision's outcome still has to be written to history (its write failed:
+        the store was unreachable). Every failed write raises it by one, so that a retry that read the decision before
+        a later failure (a feedback score) cannot take it off the queue.
+        """
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(decisions)")}
+        if "history_pending" not in columns:
+            try:
+                self._db.execute("ALTER TABLE decisions ADD COLUMN history_pending INTEGER NOT NULL DEFAULT 0")
+            except sqlite3.OperationalError as exc:  # another process opening the same file added it first
+                if "duplicate column" not in str(exc):
+                    raise
+        # Partial: the queue is read on a timer, and is empty but for outages.
+        self._db.execute("CREATE INDEX IF NOT EXISTS decisions_history_pending ON decisions (created_at, id) "
+                         "WHERE history_pending > 0")
 
     def close(self) -> None:
         """Close the database connection."""
@@ -158,6 +177,52 @@ class DecisionLog:
                 "WHERE id=?",
                 (json.dumps(extra), decision_id),
             )
+
+    def mark_history_pending(self, decision_id: str) -> None:
+        """Queue a decision's outcome for history: its write failed, and is retried from this log.
+
+        Args:
+            decision_id: the decision (an unknown id changes nothing).
+        """
+        with self._lock, self._db:
+            self._db.execute("UPDATE decisions SET history_pending = history_pending + 1 WHERE id=?",
+                             (decision_id,))
+
+    def history_pending(self, limit: int) -> list[tuple[str, int]]:
+        """The oldest queued history writes.
+
+        Args:
+            limit: how many at most.
+
+        Returns:
+            ``(decision id, mark)`` pairs, oldest decision first; pass the mark to :meth:`clear_history_pending`.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, history_pending FROM decisions WHERE history_pending > 0 "
+                "ORDER BY created_at, id LIMIT ?", (limit,)
+            ).fetchall()
+        return [(str(row[0]), int(row[1])) for row in rows]
+
+    def clear_history_pending(self, decision_id: str, mark: int) -> bool:
+        """Take a written decision off the history queue, unless a write failed again since ``mark`` was read.
+
+        Args:
+            decision_id: the decision.
+            mark: its mark as :meth:`history_pending` returned it.
+
+        Returns:
+            False if it was queued again meanwhile (it stays queued: what was written may lack a later score).
+        """
+        with self._lock, self._db:
+            cursor = self._db.execute("UPDATE decisions SET history_pending = 0 WHERE id=? AND history_pending=?",
+                                      (decision_id, mark))
+            return cursor.rowcount > 0
+
+    def history_pending_count(self) -> int:
+        """How many decisions' outcomes wait for their history write."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM decisions WHERE history_pending > 0").fetchone()[0])
 
     def recent_estimates(self, limit: int) -> list[dict[str, dict[str, float]]]:
         """Estimates of the latest ``limit`` decisions (oldest first)."""

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,21 @@ _QUERY_HITS = 20_000
 #: (chromadb's ``HttpClient`` speaks httpx), or an embedded store whose disk or socket failed (``OSError``, which
 #: includes ``ConnectionError`` and ``TimeoutError``). Programming errors (``TypeError``, ``KeyError`` …) are not in it.
 STORE_UNREACHABLE: tuple[type[Exception], ...] = (httpx.HTTPError, OSError)
+#: Seconds between two attempts to reach a Chroma server that did not answer (never one attempt per request).
+CONNECT_RETRY_S = 5.0
+
+
+class StoreNotConnectedError(ConnectionError):
+    """The Chroma server has not answered yet: nothing is read or written until it does (one of
+    :data:`STORE_UNREACHABLE`, so every caller that survives an outage survives this too)."""
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """Whether an error says the store cannot be reached; chromadb's ``HttpClient`` reports a server that is not
+    there at construction as a ``ValueError`` raised while handling the connection error."""
+    return isinstance(exc, STORE_UNREACHABLE) or (
+        isinstance(exc, ValueError) and isinstance(exc.__context__, STORE_UNREACHABLE)
+    )
 
 
 def _quiet_chroma() -> None:
@@ -162,7 +178,9 @@ class ChromaHistory:
     Args:
         path: folder of an embedded ``PersistentClient``; ignored when ``host`` is given.
         collection: collection name.
-        host: a Chroma server host (``HttpClient``); ``None`` = embedded.
+        host: a Chroma server host (``HttpClient``); ``None`` = embedded. A server that does not answer yet is
+            logged (naming host and port) and tried again on use, at most every :data:`CONNECT_RETRY_S` seconds;
+            until it answers, every read and write raises :class:`StoreNotConnectedError`.
         port: the server port.
         client: an already built Chroma client (takes precedence over ``path`` and ``host``).
         exact_search_max: up to this many records, neighbours are found by exact search over a copy of the
@@ -187,31 +205,88 @@ class ChromaHistory:
         from chromadb.config import Settings
 
         settings = Settings(anonymized_telemetry=False)
-        if client is None:
-            if host:
-                client = chromadb.HttpClient(host=host, port=port, settings=settings)
-            elif path is not None:
-                private_dir(Path(path))
-                client = chromadb.PersistentClient(path=str(path), settings=settings)
-            else:
-                raise ValueError("path: give a folder for the embedded store, or a Chroma server host")
-        self._client = client
-        # embedding_function=None: Chroma's default would download a model; we always pass our own vectors.
-        self._collection = client.get_or_create_collection(
-            collection, embedding_function=None, configuration={"hnsw": {"space": "cosine", "num_threads": 1}}
-        )
+        self._name = collection
         self._lock = threading.Lock()
         # Held across a write and the statistics it changes (the lock above guards the caches only).
         self._write_lock = threading.Lock()
+        self._connect_lock = threading.Lock()
+        self._connect_due = -math.inf
+        self._connect_failure = ""
         self._stats: _Stats | None = None
         self._exact_max = exact_search_max
         self._exact: ExactIndex | None = None
         self._exact_checked = -math.inf
         self._clusters: _ClusterStats | None = None
-        self._merge_token = self._stored_merge_token()
+        self._merge_token: str | None = None
         self._merge_checked = time.monotonic()
         # Set while the store is unreachable, so that an outage logs one warning, not one per query.
         self._unreachable = False
+        self._client: Any = client
+        self._collection: Any = None
+        self._address: str | None = None
+        if client is None and host:
+            self._address = f"{host}:{port}"
+            self._connect = partial(chromadb.HttpClient, host=host, port=port, settings=settings)
+            self._first_connect()
+            return
+        if client is None:
+            if path is None:
+                raise ValueError("path: give a folder for the embedded store, or a Chroma server host")
+            private_dir(Path(path))
+            self._client = chromadb.PersistentClient(path=str(path), settings=settings)
+        self._open()
+
+    def _first_connect(self) -> None:
+        """Reach the Chroma server now if it answers; if not, say so and go on (it is tried again on use)."""
+        try:
+            self._store()
+        except StoreNotConnectedError as exc:
+            self._unreachable = True  # said here: the first failed read does not say it again
+            # A router must start before its Chroma server (a container starting beside it): it routes on the priors
+            # until the server answers. A wrong host looks the same, so it is named here, where it is looked for.
+            _log.warning("history store: %s; tried again on use, at most every %s s (a router routes on the priors "
+                         "and queues outcomes in its decision log meanwhile)", exc, CONNECT_RETRY_S)
+
+    def _open(self) -> None:
+        """Open (or create) the collection on the client, and read its merge token."""
+        client = self._client if self._client is not None else self._connect()
+        # embedding_function=None: Chroma's default would download a model; we always pass our own vectors.
+        collection = client.get_or_create_collection(
+            self._name, embedding_function=None, configuration={"hnsw": {"space": "cosine", "num_threads": 1}}
+        )
+        token = (collection.metadata or {}).get(MERGE_TOKEN)
+        with self._lock:
+            self._client, self._collection, self._merge_token = client, collection, token
+
+    def _store(self) -> Any:
+        """The Chroma collection; on a server not reached yet, connects first (at most every CONNECT_RETRY_S s).
+
+        Raises:
+            StoreNotConnectedError: the server has not answered yet (no attempt is made until the next is due).
+        """
+        collection = self._collection
+        if collection is not None:
+            return collection
+        with self._connect_lock:
+            if self._collection is None:
+                now = time.monotonic()
+                if now < self._connect_due:
+                    raise StoreNotConnectedError(f"{self._connect_failure}; tried again in "
+                                                 f"{self._connect_due - now:.0f} s")
+                retried = self._connect_due > -math.inf
+                self._connect_due = now + CONNECT_RETRY_S
+                try:
+                    self._open()
+                except Exception as exc:
+                    if not _is_unreachable(exc):
+                        raise
+                    reason = exc.__context__ if isinstance(exc, ValueError) else exc
+                    self._connect_failure = f"no Chroma server answers at {self._address} ({reason})"
+                    raise StoreNotConnectedError(self._connect_failure) from exc
+                self._unreachable = False
+                if retried:
+                    _log.info("history store: connected to the Chroma server at %s", self._address)
+        return self._collection
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> ChromaHistory:
@@ -222,14 +297,14 @@ class ChromaHistory:
     @property
     def name(self) -> str:
         """The collection name."""
-        return str(self._collection.name)
+        return self._name
 
     def count(self) -> int:
         """Number of records."""
         with self._lock:
             if self._stats is not None:
                 return self._stats.records
-        return int(self._collection.count())
+        return int(self._store().count())
 
     def upsert(self, records: Sequence[HistoryRecord]) -> None:
         """Insert or replace records by id (so re-importing the same rows adds nothing).
@@ -246,7 +321,7 @@ class ChromaHistory:
         replaced = self.existing_ids([r.id for r in batch])
         texts = [r.text for r in batch]
         metadatas = [r.metadata() for r in batch]
-        self._collection.upsert(
+        self._store().upsert(
             ids=[r.id for r in batch],
             embeddings=np.asarray([r.embedding for r in batch], dtype=np.float32),
             metadatas=[m or None for m in metadatas],
@@ -270,7 +345,7 @@ class ChromaHistory:
         """The subset of ``ids`` already stored."""
         found: set[str] = set()
         for start in range(0, len(ids), _CHROMA_MAX_BATCH):
-            got = self._collection.get(ids=list(ids[start : start + _CHROMA_MAX_BATCH]), include=[])
+            got = self._store().get(ids=list(ids[start : start + _CHROMA_MAX_BATCH]), include=[])
             found.update(got["ids"])
         return found
 
@@ -284,16 +359,16 @@ class ChromaHistory:
         if not new:
             return  # nothing to merge (Chroma refuses an empty update)
         with self._write_lock:  # read, write and adjust the statistics as one step, or two merges count twice
-            got = self._collection.get(ids=[record_id], include=["metadatas", "embeddings"])
+            got = self._store().get(ids=[record_id], include=["metadatas", "embeddings"])
             if not got["ids"]:
                 raise KeyError(f"record_id: no history record {record_id!r}")
             old = {k: v for k, v in ((got["metadatas"] or [{}])[0] or {}).items() if k in new}
-            self._collection.update(ids=[record_id], metadatas=[new])
+            self._store().update(ids=[record_id], metadatas=[new])
             vector = np.asarray(got["embeddings"], dtype=np.float32).reshape(1, -1)
             self._adjust(record_id, vector, old, new)
             # A merge leaves the record count as it was: other processes watch this token to reload their caches.
             token = uuid.uuid4().hex
-            self._collection.modify(metadata={MERGE_TOKEN: token})
+            self._store().modify(metadata={MERGE_TOKEN: token})
             with self._lock:
                 self._merge_token = token
 
@@ -340,7 +415,7 @@ class ChromaHistory:
         # Chroma reads the hits' metadata in one SQL statement per query call, which SQLite caps in variables.
         step = max(1, _QUERY_HITS // width)
         for start in range(0, n, step):
-            result = self._collection.query(
+            result = self._store().query(
                 query_embeddings=vectors[start : start + step], n_results=width, include=["metadatas", "distances"]
             )
             for offset, row_ids in enumerate(result["ids"]):
@@ -366,7 +441,7 @@ class ChromaHistory:
         if index is not None and now - checked < EXACT_RECHECK_S:
             return index
         try:
-            total = int(self._collection.count())
+            total = int(self._store().count())
         except STORE_UNREACHABLE as exc:
             if index is None:
                 raise
@@ -393,7 +468,8 @@ class ChromaHistory:
 
     def _stored_merge_token(self) -> str | None:
         """The merge token in the store (read fresh: another process may have changed it)."""
-        collection = self._client.get_collection(self._collection.name, embedding_function=None)
+        self._store()  # a server not reached yet: connect first (or raise)
+        collection = self._client.get_collection(self._name, embedding_function=None)
         return (collection.metadata or {}).get(MERGE_TOKEN)
 
     def _reload_if_merged(self, now: float) -> None:
@@ -426,7 +502,7 @@ class ChromaHistory:
         vectors: list[np.ndarray] = []
         metadatas: list[Mapping[str, Any] | None] = []
         for offset in range(0, total, _CHROMA_MAX_BATCH):
-            page = self._collection.get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset)
+            page = self._store().get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset)
             ids += page["ids"]
             vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
             metadatas += page["metadatas"] or [None] * len(page["ids"])
@@ -451,7 +527,7 @@ class ChromaHistory:
         texts: list[str | None] = []
         tasks: list[str | None] = []
         for offset in range(0, self.count(), _CHROMA_MAX_BATCH):
-            page = self._collection.get(include=["embeddings", "documents", "metadatas"], limit=_CHROMA_MAX_BATCH,
+            page = self._store().get(include=["embeddings", "documents", "metadatas"], limit=_CHROMA_MAX_BATCH,
                                         offset=offset)
             ids += page["ids"]
             vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
@@ -479,7 +555,7 @@ class ChromaHistory:
         if clusters is None or not clusters.matches(centres):
             clusters = _ClusterStats(centres)
             for offset in range(0, self.count(), _CHROMA_MAX_BATCH):
-                page = self._collection.get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH,
+                page = self._store().get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH,
                                             offset=offset)
                 vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
                 clusters.add(vectors, page["metadatas"] or [None] * len(page["ids"]), +1)
@@ -500,7 +576,7 @@ class ChromaHistory:
         stats = _Stats()
         total = self.count()
         for offset in range(0, total, _CHROMA_MAX_BATCH):
-            page = self._collection.get(
+            page = self._store().get(
                 include=["metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset
             )
             for meta in page["metadatas"] or []:

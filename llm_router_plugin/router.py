@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from llm_router_plugin.budget import UNITS, BudgetLedger, Reservation, Settlement, open_ledger, window_index
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.dataset import DataFile, ImportReport, import_history, read_data
-from llm_router_plugin.decisions import DecisionLog
+from llm_router_plugin.decisions import DecisionLog, LoggedDecision
 from llm_router_plugin.duals import Budgets, DualSolution, pick, scores, solve_max_quality, solve_quality_target
 from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, make_embedder, query_text
 from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, LedgerUnavailableError, UnknownDecisionError
@@ -52,6 +52,10 @@ NON_TEXT_PART_TOKENS = 1000
 UNREACHABLE_WARN_S = 60.0
 #: What a decision's reason says when its estimates come from cached means because the store could not be read.
 DEGRADED_REASON = "history unreachable: estimated from each model's cached mean"
+#: Seconds between two attempts to write the outcomes queued in the decision log by a history outage.
+HISTORY_RETRY_S = 5.0
+#: Queued outcomes written per attempt (one Chroma call), so that a route never waits on a long backlog.
+HISTORY_RETRY_BATCH = 64
 _log = logging.getLogger("llm_router_plugin")
 
 
@@ -144,7 +148,9 @@ class RouterStatus(BaseModel):
         mode: the configured mode.
         decisions: decisions made so far.
         next_solve_at: the decision count that triggers the next re-solve.
-        history_size: records in the history store.
+        history_size: records in the history store; ``None`` while it cannot be reached.
+        history_pending: outcomes (or feedback scores) whose history write failed while the store could not be
+            reached: queued in the decision log, and written, oldest first, once it is back.
         mu: quality multiplier (quality-target mode).
         solve_notes: what the last solve reported (e.g. an unreachable quality target).
         unknown_models: models of deployments that history holds no quality for: they are routed on the prior until
@@ -156,7 +162,8 @@ class RouterStatus(BaseModel):
     mode: str
     decisions: int
     next_solve_at: int
-    history_size: int
+    history_size: int | None
+    history_pending: int
     mu: float
     solve_notes: list[str]
     unknown_models: list[str]
@@ -251,13 +258,15 @@ class Router:
         ]
         self._owner = np.array([b.index for b in self._budgets], dtype=int)
         self._by_name = {d.name: d for d in self._deployments}
-        self._prices = resolve_prices(self._deployments, self.history.profile_means)
+        self._prices = resolve_prices(self._deployments, self._history_means)
         self._solve_lock = threading.Lock()
         self._warned: set[str] = set()
         self._unreachable_warned_at = -math.inf
         self._learning_warned_at = -math.inf
         self._known_count = 0
         self._first_time: float | None = None
+        self._history_retry_at = -math.inf
+        self._history_retry_lock = threading.Lock()
         self.duals = DualState(self.ledger, self.learning, config.warmup_queries)
 
     @classmethod
@@ -361,6 +370,7 @@ class Router:
         return sorted({names.index(n) for n in deployments})
 
     def _decide(self, request: _Request, embedding: np.ndarray | None) -> Decision:
+        self._retry_history_writes()  # first: a store that is back serves this query with the outcomes queued
         now = self._clock()
         priced_out = False
         degraded = False
@@ -426,12 +436,16 @@ class Router:
         if now - self._unreachable_warned_at >= UNREACHABLE_WARN_S:
             self._unreachable_warned_at = now
             _log.warning("%s (%s); routing goes on, budgets are enforced by the ledger", DEGRADED_REASON, exc)
+        # The store serves its means from memory once scanned: no round trip to the store then.
+        return mean_estimates(self._history_means(self._profiles), self._profiles, self.config.estimator)
+
+    def _history_means(self, profiles: list[str]) -> np.ndarray:
+        """Each profile's mean outcome over history; all NaN (the priors stand) while the store cannot be read and
+        never was (a Chroma server not up yet)."""
         try:
-            # The store serves its means from memory once scanned: no round trip to the store then.
-            means = self.history.profile_means(self._profiles)
+            return self.history.profile_means(profiles)
         except STORE_UNREACHABLE:
-            means = np.full((len(self._profiles), len(FIELDS)), np.nan)  # never scanned: the priors stand
-        return mean_estimates(means, self._profiles, self.config.estimator)
+            return np.full((len(profiles), len(FIELDS)), np.nan)
 
     def _check_dimension(self, embedding: np.ndarray) -> None:
         """A profile set from another embedding space fails every query: say so (checked here, not at start, so that
@@ -792,7 +806,8 @@ class Router:
         second, each at most once, so a record interrupted between the two (a crash, a full disk) is completed by
         calling it again, and charges once. A failed call (``error`` set) that reports no tokens releases its
         reservation and adds nothing to history; usage recorded for it later is still charged (the call was answered
-        after all). A history store that fails after the ledger was settled is logged, not raised: the spend is kept.
+        after all). A history store that cannot be reached after the ledger was settled is logged, not raised: the
+        spend is kept, and the outcome is queued in the decision log and written to history once the store is back.
 
         Args:
             decision_id: from :meth:`route`.
@@ -825,6 +840,7 @@ class Router:
             "quality": None if quality is None else score("quality", quality),
             "ttft_s": optional_amount("ttft_s", ttft_s),
         }
+        self._retry_history_writes()  # first: queued outcomes are older than this one
         logged = self.decisions.get(decision_id)
         if logged is None:
             raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
@@ -852,7 +868,7 @@ class Router:
         if settlement is None:  # an earlier, interrupted record settled the ledger already
             settlement = Settlement(logged.deployment, {}, actual, False)
         if error is None and self.config.learn_online and logged.embedding.size:
-            self._learn(logged.id, logged.embedding, logged.text, logged.profile, outcome, usd)
+            self._learn(replace(logged, outcome=outcome))
             if quality is None:
                 # Feedback that landed between the read above and the close is in the log, not in what was learned.
                 closed = self.decisions.get(decision_id)
@@ -871,15 +887,15 @@ class Router:
         # The deployment was renamed or has no price: its estimate at decision time is the best figure there is.
         return float(estimates.get(name, {}).get("usd", 0.0))
 
-    def _learn(self, decision_id: str, embedding: np.ndarray, text: str | None, profile: str,
-               outcome: dict[str, Any], usd: float) -> None:
-        record = HistoryRecord(id=decision_id, embedding=embedding.tolist(), text=text, outcomes={
-            profile: ModelOutcome(quality=outcome["quality"], prompt_tokens=outcome["prompt_tokens"],
-                                  completion_tokens=outcome["completion_tokens"], cost_usd=usd),
-        })
+    def _learn(self, logged: LoggedDecision) -> None:
+        decision_id = logged.id
         try:
-            self.history.upsert([record])
-        except Exception as exc:  # the spend is settled; a history outage must not turn that into an error
+            self.history.upsert([self._history_record(logged)])
+        except STORE_UNREACHABLE as exc:  # the spend is settled; a history outage must not turn that into an error
+            self.decisions.mark_history_pending(decision_id)
+            _log.warning("history write failed for decision %s (queued in the decision log, written when the store "
+                         "is back): %s", decision_id, exc)
+        except Exception as exc:
             _log.warning("history write failed for decision %s (its outcome is not learned): %s", decision_id, exc)
 
     async def arecord(self, decision_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float | None = None,
@@ -896,6 +912,7 @@ class Router:
         A score given before the decision is recorded (a client may rate an answer before the call's usage
         arrives) is kept in the decision log and learned when :meth:`record` closes the decision. A later score
         replaces an earlier one. A decision routed without text never joins history: its score is kept in the log.
+        A score the history store cannot take now (unreachable) is queued with the decision and written once it is back.
 
         Args:
             decision_id: from :meth:`route`.
@@ -926,13 +943,60 @@ class Router:
         try:
             self.history.update_outcome(decision_id, profile, ModelOutcome(quality=quality))
         except KeyError:
-            # Not in history yet (a record still writing it reads the log's score after) or never (its history
-            # write failed, logged then): the score stays in the decision log.
-            _log.info("no history record for decision %s yet; its quality score is kept in the decision log",
+            # Not in history yet: a record still writing it (it reads the log's score after), or a write queued by an
+            # outage, which may have read the log before this score. Queued (again): the retry writes the log's score.
+            self.decisions.mark_history_pending(decision_id)
+            _log.info("no history record for decision %s yet; its quality score is queued in the decision log",
                       decision_id)
         except STORE_UNREACHABLE as exc:  # the score is in the decision log; an outage must not fail the caller
-            _log.warning("history write failed for the quality of decision %s (kept in the decision log): %s",
-                         decision_id, exc)
+            self.decisions.mark_history_pending(decision_id)
+            _log.warning("history write failed for the quality of decision %s (queued in the decision log, written "
+                         "when the store is back): %s", decision_id, exc)
+
+    def _retry_history_writes(self) -> None:
+        """Write the oldest outcomes a history outage queued, rebuilt from the decision log with its latest score.
+
+        At most every :data:`HISTORY_RETRY_S` seconds and :data:`HISTORY_RETRY_BATCH` decisions, by one caller at a
+        time (the others go on). The write is an upsert by decision id, so a retry of a write that had succeeded
+        changes nothing; one that fails leaves the queue as it was.
+        """
+        now = time.monotonic()
+        if now < self._history_retry_at or not self._history_retry_lock.acquire(blocking=False):
+            return
+        try:
+            self._history_retry_at = now + HISTORY_RETRY_S
+            queued = [(logged, mark) for decision_id, mark in self.decisions.history_pending(HISTORY_RETRY_BATCH)
+                      if (logged := self.decisions.get(decision_id)) is not None]
+            if not queued:
+                return
+            try:
+                self.history.upsert([self._history_record(logged) for logged, _ in queued])
+            except STORE_UNREACHABLE as exc:  # still down: kept queued, tried again later
+                _log.info("%d queued history write(s) wait for the store: %s", len(queued), exc)
+                return
+            except Exception as exc:  # refused: kept queued (nothing is dropped), and said louder
+                _log.warning("%d queued history write(s) failed: %s", len(queued), exc)
+                return
+            for logged, mark in queued:
+                latest = self.decisions.get(logged.id)
+                if latest is not None and latest.outcome.get("quality") != logged.outcome.get("quality"):
+                    continue  # a score came in after the read (its own write may have landed first): written next
+                self.decisions.clear_history_pending(logged.id, mark)
+            _log.info("wrote %d queued outcome(s) to history", len(queued))
+        finally:
+            self._history_retry_lock.release()
+
+    def _history_record(self, logged: LoggedDecision) -> HistoryRecord:
+        """The history record of a recorded decision, from what the decision log holds now."""
+        outcome = logged.outcome
+        usd = outcome.get("cost_usd")
+        if usd is None:
+            usd = self._usd_of(logged.deployment, logged.estimates, outcome["prompt_tokens"],
+                               outcome["completion_tokens"])
+        return HistoryRecord(id=logged.id, embedding=logged.embedding.tolist(), text=logged.text, outcomes={
+            logged.profile: ModelOutcome(quality=outcome.get("quality"), prompt_tokens=outcome["prompt_tokens"],
+                                         completion_tokens=outcome["completion_tokens"], cost_usd=usd),
+        })
 
     async def afeedback(self, decision_id: str, quality: float) -> None:
         """Async :meth:`feedback`."""
@@ -961,9 +1025,17 @@ class Router:
             ))
         return RouterStatus(
             phase="learned" if self._learned else "warmup", mode=self.config.mode, decisions=self._count(),
-            next_solve_at=self.duals.next_solve_at, history_size=self.history.count(), mu=self.duals.mu,
+            next_solve_at=self.duals.next_solve_at, history_size=self._history_size(),
+            history_pending=self.decisions.history_pending_count(), mu=self.duals.mu,
             solve_notes=self.duals.notes, unknown_models=self.unknown_models(), deployments=rows,
         )
+
+    def _history_size(self) -> int | None:
+        """Records in the history store (``None`` while it cannot be reached: status must not fail then)."""
+        try:
+            return self.history.count()
+        except STORE_UNREACHABLE:
+            return None
 
     def unknown_models(self) -> list[str]:
         """The deployments' models that history holds no quality score for (routed on the prior quality).

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llm_router_plugin.cli import app, main
+from llm_router_plugin import RouterStatus
+from llm_router_plugin.cli import app, format_status, main
+from llm_router_plugin.testing import LOOPBACK, free_port
 
 runner = CliRunner()
 
@@ -143,3 +145,23 @@ def test_route_rejects_negative_prompt_tokens_without_writing(tmp_path: Path) ->
     assert ok.exit_code == 0, ok.output
     status = runner.invoke(app, ["status", "--json", "--config", str(path)])
     assert json.loads(status.output)["decisions"] == 1
+
+
+def test_import_into_a_chroma_server_that_is_not_up_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, history: Path
+) -> None:
+    port = free_port()  # nothing listens there
+    path = tmp_path / "router.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nembedding_model: hashing-64\nchroma_host: {LOOPBACK}\n"
+                    f"chroma_port: {port}\ndeployments:\n  - {{name: a, model: m1}}\n")
+    code, err = run_main(monkeypatch, capsys, "import", str(history), "--config", str(path))
+    assert code == 2
+    assert err.startswith("error: ") and f"{LOOPBACK}:{port}" in err and err.count("\n") == 1
+
+
+def test_status_says_when_history_is_unreachable_and_what_waits_for_it() -> None:
+    snapshot = RouterStatus(phase="warmup", mode="max_quality", decisions=4, next_solve_at=50, history_size=None,
+                            history_pending=3, mu=0.0, solve_notes=[], unknown_models=[], deployments=[])
+    assert "history unreachable, 3 outcome(s) queued for it" in format_status(snapshot)
+    reachable = snapshot.model_copy(update={"history_size": 61, "history_pending": 0})
+    assert "history 61 records" in format_status(reachable) and "queued" not in format_status(reachable)

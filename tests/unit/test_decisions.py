@@ -60,3 +60,34 @@ def test_merging_keeps_what_was_recorded(tmp_path: Path) -> None:
     log.merge_outcome("a", {"quality": 1.0})
     logged = log.get("a")
     assert logged is not None and logged.outcome == {"prompt_tokens": 3, "quality": 1.0}
+
+
+def test_a_log_from_before_the_history_queue_gains_it_when_opened(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "l.db")
+    with db:  # what an earlier version left: no history_pending column
+        db.execute("CREATE TABLE decisions (id TEXT PRIMARY KEY, created_at REAL NOT NULL, deployment TEXT NOT NULL, "
+                   "profile TEXT NOT NULL, phase TEXT NOT NULL, embedding BLOB NOT NULL, text TEXT, "
+                   "estimates TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open', outcome TEXT)")
+        db.execute("INSERT INTO decisions (id, created_at, deployment, profile, phase, embedding, estimates) "
+                   "VALUES ('old', 0, 'd', 'p', 'learned', x'00', '{}')")
+    db.close()
+    first, second = DecisionLog(tmp_path / "l.db"), DecisionLog(tmp_path / "l.db")  # both open the migrated file
+    assert first.history_pending_count() == 0  # nothing an earlier version wrote is queued
+    first.mark_history_pending("old")
+    assert second.history_pending(10) == [("old", 1)]
+
+
+def test_queued_history_writes_come_oldest_first_and_a_requeue_outlives_a_stale_clear(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "l.db")
+    add(log, "a", created_at=1.0)
+    add(log, "b", created_at=2.0)
+    add(log, "c", created_at=3.0)
+    log.mark_history_pending("c")
+    log.mark_history_pending("a")
+    assert log.history_pending(10) == [("a", 1), ("c", 1)]
+    assert log.history_pending(1) == [("a", 1)]
+    log.mark_history_pending("a")  # queued again (a feedback score) while the write read at mark 1 was under way
+    assert not log.clear_history_pending("a", 1)
+    assert log.history_pending_count() == 2
+    assert log.clear_history_pending("a", 2)
+    assert log.history_pending(10) == [("c", 1)]

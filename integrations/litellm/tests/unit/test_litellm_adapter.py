@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import yaml
 from llm_router_litellm import LiteLLMAdapter, decision_headers, deployment_config
-from router_litellm_support import deployment, model_list
+from router_litellm_support import MATH, deployment, messages, model_list
+
+from llm_router_plugin.testing import LOOPBACK, free_port
 
 MakeAdapter = Callable[..., LiteLLMAdapter]
 
@@ -101,3 +105,26 @@ def test_from_proxy_config_refuses_a_file_without_model_list(tmp_path: Path) -> 
 def test_decision_headers_are_empty_without_a_decision() -> None:
     assert decision_headers({"metadata": {"user": "u1"}}) == {}
     assert decision_headers({}) == {}
+
+
+def test_a_proxy_config_whose_chroma_server_is_down_still_starts_and_routes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nothing listens there: the Chroma server is not up yet
+    settings = {"data_dir": str(tmp_path / "r"), "embedding_model": "hashing-64", "chroma_host": LOOPBACK,
+                "chroma_port": port}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model_list": model_list(), "callback_settings": {"llm_router": settings}}),
+                    encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="llm_router_plugin"):
+        adapter = LiteLLMAdapter.from_proxy_config(path)
+        assert adapter.validate() == ["chat"]  # what the proxy callback does at start
+    assert any(f"{LOOPBACK}:{port}" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    request: dict[str, Any] = {}
+    chosen = adapter.choose("chat", model_list()[:2], messages(MATH), request)
+    assert chosen is not None
+    reason = unquote(decision_headers(request)["x-llm-router-reason"])
+    assert "history unreachable: estimated from each model's cached mean" in reason
+    chat = adapter.router("chat")
+    assert chat is not None
+    assert chat.status().history_size is None
