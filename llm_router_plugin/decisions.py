@@ -286,9 +286,23 @@ class SQLiteLearningStore:
     def __init__(self, decisions: DecisionLog) -> None:
         self.decisions = decisions
 
-    def add(self, estimates: dict[str, dict[str, float]], created_at: float) -> int:
+    def add(self, decision_id: str, profile: str, estimates: dict[str, dict[str, float]], created_at: float) -> int:
         """Nothing to add (the decision log counted the decision): the decision count."""
         return self.decisions.count()
+
+    def profile_of(self, decision_id: str) -> str | None:
+        """The profile of a logged decision (the log is the only one of its host)."""
+        logged = self.decisions.get(decision_id)
+        return None if logged is None else logged.profile
+
+    def leave_feedback(self, decision_id: str, quality: float) -> None:
+        """Merge the score into the logged decision's outcome."""
+        self.decisions.merge_outcome(decision_id, {"quality": quality})
+
+    def feedback_for(self, decision_id: str) -> float | None:
+        """The score in the logged decision's outcome."""
+        logged = self.decisions.get(decision_id)
+        return None if logged is None else logged.outcome.get("quality")
 
     def count(self) -> int:
         """Decisions in the log."""

@@ -39,8 +39,23 @@ _SOLVE = "solve"
 class LearningStore(Protocol):
     """The decision count, LP sample and leases of the routers sharing a ledger (SQLite file or Redis namespace)."""
 
-    def add(self, estimates: dict[str, dict[str, float]], created_at: float) -> int:
-        """Count a logged decision and add its estimates to the sample; the count, this decision included."""
+    def add(self, decision_id: str, profile: str, estimates: dict[str, dict[str, float]], created_at: float) -> int:
+        """Count a logged decision and add its estimates to the sample; the count, this decision included.
+
+        ``profile`` (the chosen deployment's model; ``""`` for a declined query) lets another router score it.
+        """
+        ...
+
+    def profile_of(self, decision_id: str) -> str | None:
+        """The model profile of a decision any router sharing the store made (``None``: unknown or too old)."""
+        ...
+
+    def leave_feedback(self, decision_id: str, quality: float) -> None:
+        """Keep a score for the router that made the decision, which may not have recorded it yet."""
+        ...
+
+    def feedback_for(self, decision_id: str) -> float | None:
+        """A score :meth:`leave_feedback` kept for a decision (``None``: none)."""
         ...
 
     def count(self) -> int:

@@ -8,6 +8,8 @@ under the same ``{namespace}`` hash tag as the ledger::
     {ns}:learning:first     epoch seconds of the first of them (SET NX)
     {ns}:learning:sample    list of the newest decisions' estimates (JSON), newest first, trimmed to ``sample_size``
     {ns}:lease:<name>       the holder of a lease, expiring with it
+    {ns}:learning:profile:<id>    the model a decision went to, so that any router can take its feedback (a day)
+    {ns}:learning:feedback:<id>   a score taken by a router that did not make the decision, for the one that did
 
 The sample is a list trimmed on every push, not a stream: the LP reads the newest N rows and nothing else (no consumer
 groups, no acknowledgements, no ids to keep), and ``LPUSH`` + ``LTRIM`` keep it bounded in O(1) per decision.
@@ -23,6 +25,9 @@ import redis
 from llm_router_plugin.learning import SAMPLE_SIZE
 from llm_router_plugin.redis_ledger import connect, key_prefix, reachable
 from llm_router_plugin.validation import lease_ms
+
+#: Seconds a decision can be scored by a router other than its own (its profile and a score left for it are kept).
+RETENTION_S = 86_400
 
 # Take the lease if it is free or already ours (a renewal); never take another holder's live lease.
 _ACQUIRE = """
@@ -46,6 +51,8 @@ class RedisLearningStore:
         namespace: the ledger's namespace (routers sharing budgets share their learning).
         password: the server's password, for a URL.
         sample_size: how many of the newest decisions' estimates the sample keeps.
+        retention_s: how long another router can score a decision (its profile, and a score left for it, are kept
+            this long).
 
     Raises:
         ValueError: the namespace is empty or holds braces, ``sample_size`` is below 1, or a password comes with a
@@ -56,18 +63,23 @@ class RedisLearningStore:
 
     def __init__(
         self, client_or_url: redis.Redis | str, *, namespace: str = "llm-router", password: str | None = None,
-        sample_size: int = SAMPLE_SIZE,
+        sample_size: int = SAMPLE_SIZE, retention_s: int = RETENTION_S,
     ) -> None:
         prefix = key_prefix(namespace)
         if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 1:
             raise ValueError(f"sample_size: must be a whole number of at least 1, got {sample_size!r}")
+        if isinstance(retention_s, bool) or not isinstance(retention_s, int) or retention_s < 1:
+            raise ValueError(f"retention_s: must be a whole number of seconds of at least 1, got {retention_s!r}")
         self._owns_client = isinstance(client_or_url, str)
         self.client = connect(client_or_url, password)
         self.sample_size = sample_size
+        self.retention_s = retention_s
         self._count_key = f"{prefix}:learning:count"
         self._first_key = f"{prefix}:learning:first"
         self._sample_key = f"{prefix}:learning:sample"
         self._lease_prefix = f"{prefix}:lease:"
+        self._profile_prefix = f"{prefix}:learning:profile:"
+        self._feedback_prefix = f"{prefix}:learning:feedback:"
         self._acquire = self.client.register_script(_ACQUIRE)
         self._release = self.client.register_script(_RELEASE)
 
@@ -76,10 +88,12 @@ class RedisLearningStore:
         if self._owns_client:
             self.client.close()
 
-    def add(self, estimates: dict[str, dict[str, float]], created_at: float) -> int:
-        """Count a decision and push its estimates onto the sample (one transaction).
+    def add(self, decision_id: str, profile: str, estimates: dict[str, dict[str, float]], created_at: float) -> int:
+        """Count a decision, push its estimates onto the sample and note its profile (one transaction).
 
         Args:
+            decision_id: the decision.
+            profile: the chosen deployment's model (``""``: a declined query, which nobody scores).
             estimates: deployment → {"quality", "tokens", "usd", ...} at decision time.
             created_at: epoch seconds of the decision.
 
@@ -92,8 +106,27 @@ class RedisLearningStore:
             pipe.set(self._first_key, repr(float(created_at)), nx=True)
             pipe.lpush(self._sample_key, json.dumps(estimates))
             pipe.ltrim(self._sample_key, 0, self.sample_size - 1)
+            if profile:
+                pipe.set(self._profile_prefix + decision_id, profile, ex=self.retention_s)
             count, *_ = pipe.execute()
         return int(count)
+
+    def profile_of(self, decision_id: str) -> str | None:
+        """The profile of a decision made on the namespace within ``retention_s``."""
+        with reachable(self.client):
+            raw = self.client.get(self._profile_prefix + decision_id)
+        return None if raw is None else str(raw)
+
+    def leave_feedback(self, decision_id: str, quality: float) -> None:
+        """Keep a score for the decision's router for ``retention_s`` (a later score replaces it)."""
+        with reachable(self.client):
+            self.client.set(self._feedback_prefix + decision_id, repr(float(quality)), ex=self.retention_s)
+
+    def feedback_for(self, decision_id: str) -> float | None:
+        """The score kept for a decision (``None``: none)."""
+        with reachable(self.client):
+            raw = self.client.get(self._feedback_prefix + decision_id)
+        return None if raw is None else float(raw)
 
     def count(self) -> int:
         """Decisions made by every router on the namespace."""

@@ -57,6 +57,8 @@ HISTORY_RETRY_S = 5.0
 #: Queued outcomes written per attempt (one Chroma call), so that a route never waits on a long backlog.
 HISTORY_RETRY_BATCH = 64
 _log = logging.getLogger("llm_router_plugin")
+#: A score cannot be written to a history record now: the record is not there yet, or the store is unreachable.
+_NOT_WRITABLE: tuple[type[Exception], ...] = (KeyError, *STORE_UNREACHABLE)
 
 
 class Candidate(BaseModel):
@@ -766,7 +768,7 @@ class Router:
         """Log a decision here and count it in the shared learning state; the shared decision count."""
         self.decisions.add(decision_id, deployment, profile, phase, embedding, text, estimates, created_at=now)
         try:
-            self._known_count = self.learning.add(estimates, now)
+            self._known_count = self.learning.add(decision_id, profile, estimates, now)
         except LedgerUnavailableError as exc:  # the decision is logged and its budget held: it must still be served
             self._warn_learning(exc)
             self._known_count += 1
@@ -849,8 +851,10 @@ class Router:
         # after all) is charged. A recorded decision is closed for good.
         if logged.status == "recorded" or (logged.status == "failed" and tokens == 0):
             return None
-        if outcome["quality"] is None:
-            outcome["quality"] = logged.outcome.get("quality")  # feedback that came before this record
+        if outcome["quality"] is None:  # feedback that came before this record, to this router or another host's
+            outcome["quality"] = logged.outcome.get("quality")
+            if outcome["quality"] is None:
+                outcome["quality"] = self._feedback_from_elsewhere(decision_id)
         if error is not None and tokens == 0:
             self.ledger.release(decision_id)
             self.decisions.close_decision(decision_id, "failed", outcome)
@@ -913,20 +917,25 @@ class Router:
         arrives) is kept in the decision log and learned when :meth:`record` closes the decision. A later score
         replaces an earlier one. A decision routed without text never joins history: its score is kept in the log.
         A score the history store cannot take now (unreachable) is queued with the decision and written once it is back.
+        With a Redis ledger, a decision another router on the namespace made (a proxy host behind the same load
+        balancer) is scored too: in the shared history, and for that router's :meth:`record` if it has not run yet.
 
         Args:
             decision_id: from :meth:`route`.
             quality: score in [0, 1].
 
         Raises:
-            UnknownDecisionError: no such decision.
+            UnknownDecisionError: no such decision, here or (Redis ledger) on another router of the namespace in the
+                last day.
             ValueError: quality outside [0, 1] (or not a number), or the decision's call failed without an answer
                 to score (the message names the argument; nothing is written).
+            LedgerUnavailableError: the decision is not this router's and the shared learning state cannot be read.
         """
         quality = score("quality", quality)
         logged = self.decisions.get(decision_id)
         if logged is None:
-            raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
+            self._feedback_for_elsewhere(decision_id, quality)
+            return
         if logged.status == "failed":
             raise ValueError(f"decision_id: decision {decision_id!r} failed; there is no answer to score")
         self.decisions.merge_outcome(decision_id, {"quality": quality})
@@ -938,6 +947,37 @@ class Router:
             if closed is None or closed.status != "recorded":
                 return
         self._learn_quality(decision_id, logged.profile, quality)
+
+    def knows(self, decision_id: str) -> bool:
+        """Whether :meth:`feedback` can score this decision: this router's, or (Redis ledger) another router's on the
+        namespace in the last day.
+
+        Raises:
+            LedgerUnavailableError: the decision is not this router's and the shared learning state cannot be read.
+        """
+        return self.decisions.get(decision_id) is not None or self.learning.profile_of(decision_id) is not None
+
+    def _feedback_for_elsewhere(self, decision_id: str, quality: float) -> None:
+        """Score a decision another router made: for its record (shared), and in the shared history if it is there."""
+        profile = self.learning.profile_of(decision_id)
+        if profile is None:
+            raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
+        self.learning.leave_feedback(decision_id, quality)
+        if not self.config.learn_online:
+            return
+        try:
+            self.history.update_outcome(decision_id, profile, ModelOutcome(quality=quality))
+        except _NOT_WRITABLE as exc:  # its router learns the shared score when it writes the record
+            _log.info("decision %s of another router is not in history yet (%s); its router learns the score",
+                      decision_id, exc or "not recorded")
+
+    def _feedback_from_elsewhere(self, decision_id: str) -> float | None:
+        """A score another router on the namespace took for this router's decision (``None``: none, or unreadable)."""
+        try:
+            return self.learning.feedback_for(decision_id)
+        except LedgerUnavailableError as exc:
+            self._warn_learning(exc)
+            return None
 
     def _learn_quality(self, decision_id: str, profile: str, quality: float) -> None:
         try:
@@ -989,12 +1029,15 @@ class Router:
     def _history_record(self, logged: LoggedDecision) -> HistoryRecord:
         """The history record of a recorded decision, from what the decision log holds now."""
         outcome = logged.outcome
+        quality = outcome.get("quality")
+        if quality is None:  # a score another host took while this write was queued
+            quality = self._feedback_from_elsewhere(logged.id)
         usd = outcome.get("cost_usd")
         if usd is None:
             usd = self._usd_of(logged.deployment, logged.estimates, outcome["prompt_tokens"],
                                outcome["completion_tokens"])
         return HistoryRecord(id=logged.id, embedding=logged.embedding.tolist(), text=logged.text, outcomes={
-            logged.profile: ModelOutcome(quality=outcome.get("quality"), prompt_tokens=outcome["prompt_tokens"],
+            logged.profile: ModelOutcome(quality=quality, prompt_tokens=outcome["prompt_tokens"],
                                          completion_tokens=outcome["completion_tokens"], cost_usd=usd),
         })
 

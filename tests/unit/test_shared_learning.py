@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from llm_router_plugin import Router
+from llm_router_plugin import Router, UnknownDecisionError
 from llm_router_plugin.decisions import DecisionLog, SQLiteLearningStore
 from llm_router_plugin.redis_learning import RedisLearningStore
 from llm_router_plugin.testing import free_port
 from tests.conftest import topic_prompt
 from tests.unit.test_redis_router import redis_router, spent
+from tests.unit.test_router import learned_quality
 
 TOPICS = ("math", "code", "chat")
 # Once weights are learned, a query may be worth no budget: the fallback serves it, so every route is a decision.
@@ -132,7 +133,7 @@ def test_a_lease_rejects_a_non_positive_duration(store: RedisLearningStore | SQL
 def test_the_redis_sample_keeps_the_newest_estimates_only(redis_url: str) -> None:
     store = RedisLearningStore(redis_url, namespace=f"test-{uuid.uuid4().hex}", sample_size=5)
     for i in range(8):
-        assert store.add({"d": {"quality": float(i)}}, created_at=100.0 + i) == i + 1
+        assert store.add(f"id{i}", "m", {"d": {"quality": float(i)}}, created_at=100.0 + i) == i + 1
     assert store.count() == 8
     assert store.first_time() == 100.0
     assert [row["d"]["quality"] for row in store.recent(10)] == [3.0, 4.0, 5.0, 6.0, 7.0]
@@ -154,3 +155,42 @@ def test_routes_go_on_when_the_learning_state_cannot_be_read(
     assert sum(spent(router, name) for name in ("big", "small")) == 100
     assert "shared learning state unreachable" in caplog.text
     assert len([r for r in caplog.records if "learning state unreachable" in r.getMessage()]) == 1  # rate-limited
+
+
+def hosts(tmp_path: Path, redis_url: str) -> tuple[Router, Router]:
+    """Two routers on one Redis namespace and one history, each with its own data_dir (two proxy hosts)."""
+    namespace = f"test-{uuid.uuid4().hex}"
+    first = redis_router(tmp_path / "first", redis_url, namespace, deployments=DEPLOYMENTS)
+    second = Router(first.config.model_copy(update={"data_dir": tmp_path / "second"}), embedder=first.embedder,
+                    history=first.history)
+    return first, second
+
+
+def test_feedback_sent_to_another_host_reaches_the_recorded_outcome(tmp_path: Path, redis_url: str) -> None:
+    first, second = hosts(tmp_path, redis_url)
+    decision = first.route(topic_prompt("chat", 1))
+    first.record(decision.id, prompt_tokens=10, completion_tokens=20)
+    assert second.decisions.get(decision.id) is None  # the decision was made on the first host
+    assert second.knows(decision.id) and first.knows(decision.id) and not second.knows("0" * 32)
+    second.feedback(decision.id, 0.25)
+    assert learned_quality(first, decision.id, decision.model) == 0.25
+
+
+def test_feedback_sent_to_another_host_before_the_record_is_learned_by_the_record(
+    tmp_path: Path, redis_url: str,
+) -> None:
+    first, second = hosts(tmp_path, redis_url)
+    decision = first.route(topic_prompt("chat", 2))
+    second.feedback(decision.id, 0.75)
+    first.record(decision.id, prompt_tokens=10, completion_tokens=20)
+    assert learned_quality(first, decision.id, decision.model) == 0.75
+    logged = first.decisions.get(decision.id)
+    assert logged is not None and logged.outcome["quality"] == 0.75
+
+
+def test_feedback_for_a_decision_no_host_made_is_unknown(tmp_path: Path, redis_url: str) -> None:
+    _, second = hosts(tmp_path, redis_url)
+    with pytest.raises(UnknownDecisionError, match="decision_id"):
+        second.feedback("0" * 32, 0.5)
+    with pytest.raises(ValueError, match="quality"):  # checked before any lookup
+        second.feedback("0" * 32, float("nan"))

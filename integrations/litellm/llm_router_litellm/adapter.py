@@ -466,7 +466,7 @@ class LiteLLMAdapter:
         quality = score("quality", quality)  # before any lookup: a bad score is refused whatever the id
         for group in dict.fromkeys(str(d.get("model_name")) for d in self._model_list()):
             router = self.router(group)
-            if router is not None and router.decisions.get(decision_id) is not None:
+            if router is not None and router.knows(decision_id):
                 router.feedback(decision_id, quality)
                 return group
         raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
