@@ -40,6 +40,12 @@ def model_list(big: dict[str, Any] | None = None, small: dict[str, Any] | None =
     ]
 
 
+def two_groups() -> list[dict[str, Any]]:
+    """Routed groups "chat" and "code" (each with its own router and decision log), and "other" (not routed)."""
+    return [*model_list(), deployment("code", "code-big", "openai/big-model", {"token_budget": 20_000}),
+            deployment("code", "code-small", "openai/small-model", {"token_budget": 20_000})]
+
+
 def seed_history(adapter: LiteLLMAdapter, per_topic: int = 10) -> None:
     """History where big-model is right on math and small-model is not; both are fine at chat."""
     records = []
@@ -56,6 +62,14 @@ def seed_history(adapter: LiteLLMAdapter, per_topic: int = 10) -> None:
 def messages(text: str) -> list[dict[str, str]]:
     """A one-turn chat."""
     return [{"role": "user", "content": text}]
+
+
+def routed(adapter: LiteLLMAdapter, group: str, text: str) -> str:
+    """Route a request of a group; the decision id a client reads from ``x-llm-router-decision-id``."""
+    request: dict[str, Any] = {}
+    healthy = [d for d in adapter.model_list() if d["model_name"] == group]
+    assert adapter.choose(group, healthy, messages(text), request) is not None
+    return str(request["metadata"]["llm_router"]["decision_id"])
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:

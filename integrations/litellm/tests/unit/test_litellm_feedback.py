@@ -19,25 +19,11 @@ from litellm.proxy.auth import user_api_key_auth as auth
 from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
 from llm_router_litellm import LiteLLMAdapter, ProxyCallback
 from llm_router_litellm.proxy import FEEDBACK_PATH, _key_check
-from router_litellm_support import CHAT, MATH, deployment, messages, model_list
+from router_litellm_support import CHAT, MATH, routed, two_groups
 
 from llm_router_plugin import UnknownDecisionError
 
 MakeAdapter = Callable[..., LiteLLMAdapter]
-
-
-def two_groups() -> list[dict[str, Any]]:
-    """Routed groups "chat" and "code" (each with its own router and decision log), and "other" (not routed)."""
-    return [*model_list(), deployment("code", "code-big", "openai/big-model", {"token_budget": 20_000}),
-            deployment("code", "code-small", "openai/small-model", {"token_budget": 20_000})]
-
-
-def routed(adapter: LiteLLMAdapter, group: str, text: str) -> str:
-    """Route a request of a group; the decision id a client reads from ``x-llm-router-decision-id``."""
-    request: dict[str, Any] = {}
-    healthy = [d for d in adapter.model_list() if d["model_name"] == group]
-    assert adapter.choose(group, healthy, messages(text), request) is not None
-    return str(request["metadata"]["llm_router"]["decision_id"])
 
 
 def test_feedback_reaches_the_router_of_the_group_that_made_the_decision(make_adapter: MakeAdapter) -> None:
