@@ -10,8 +10,9 @@ Mapping:
   ``token_budget``, ``usd_budget``, ``window``, ``fallback``, prices.
 - The router settings (``callback_settings.llm_router`` of the proxy's config.yaml, or ``settings=`` in Python) are
   :class:`~llm_router_plugin.RouterConfig` fields except ``deployments``. Each routed group gets its own router, with
-  its own ledger and dual weights under ``<data_dir>/litellm/<group>-<hash>/``; all groups share one history store and
-  one embedder.
+  its own ledger and dual weights under ``<data_dir>/litellm/<group>-<hash>/`` (on a Redis ledger: under the key
+  namespace ``<ledger_namespace>:<group>-<hash>``, which the same group on other proxies shares); all groups share one
+  history store and one embedder.
 - Prices: a deployment's ``llm_router`` block may set ``input_usd_per_mtok``/``output_usd_per_mtok``; else they
   come from LiteLLM (``litellm_params``/``model_info`` ``input_cost_per_token`` and ``output_cost_per_token``, then
   LiteLLM's price map for ``litellm_params.model``), else the router fits them on history.
@@ -302,10 +303,12 @@ class LiteLLMAdapter:
             return None
         # Readable, and distinct for groups whose names differ only in characters a folder name cannot hold.
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_group)[:40]
-        digest = hashlib.sha256(model_group.encode()).hexdigest()[:8]
-        folder = Path(self.settings.data_dir) / "litellm" / f"{slug}-{digest}"
+        label = f"{slug}-{hashlib.sha256(model_group.encode()).hexdigest()[:8]}"
         config = RouterConfig.from_dict({
-            **self.settings.model_dump(), "data_dir": folder,
+            **self.settings.model_dump(), "data_dir": Path(self.settings.data_dir) / "litellm" / label,
+            # On a shared Redis each group keeps its own keys (dual weights, decision count …), and proxies that
+            # serve the same group share them.
+            "ledger_namespace": f"{self.settings.ledger_namespace}:{label}",
             "deployments": [deployment_config(d).model_dump() for d in members],
         })
         return Router(config, embedder=self.embedder, history=self.history)
