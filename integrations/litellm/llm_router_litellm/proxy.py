@@ -78,11 +78,10 @@ class ProxyCallback(OutcomeLogger):
         adapter = LiteLLMAdapter.from_proxy_config(path)
         adapter.validate()
         listed = adapter.model_list
-        # Serve with the validated adapter, on the running proxy's model list once it has one.
-        self._adapter = LiteLLMAdapter(
-            lambda: proxy_server.llm_router.model_list if proxy_server.llm_router else listed(),
-            adapter.settings.model_dump(exclude={"deployments"}),
-            embedder=adapter.embedder,
+        # Serve with the validated settings, on the running proxy's model list once it has one.
+        self._adapter = LiteLLMAdapter.from_proxy_config(
+            path, embedder=adapter.embedder,
+            model_list=lambda: proxy_server.llm_router.model_list if proxy_server.llm_router else listed(),
         )
 
     async def async_pre_call_hook(
