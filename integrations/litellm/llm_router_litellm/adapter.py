@@ -29,7 +29,8 @@ Mapping:
 - A budget refusal is remembered with the request: LiteLLM's retries of it get the same refusal without counting as
   new traffic.
 - Quality feedback names only a decision id: :meth:`LiteLLMAdapter.feedback` finds the group whose router (and
-  decision log) made it. The proxy's ``POST /llm-router/feedback`` route calls it.
+  decision log) made it. The proxy's ``POST /llm-router/feedback`` route calls it; its ``GET /llm-router/status``
+  route shows :meth:`LiteLLMAdapter.status`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from llm_router_plugin.errors import (
     UnknownDecisionError,
 )
 from llm_router_plugin.history import ChromaHistory
-from llm_router_plugin.router import Decision, Router
+from llm_router_plugin.router import Decision, Router, RouterStatus
 from llm_router_plugin.validation import optional_token_count, score, token_count
 
 #: Key of the router settings in ``callback_settings``, of a deployment's block in ``model_info``, and of the
@@ -558,6 +559,22 @@ class LiteLLMAdapter:
     async def afeedback(self, decision_id: str, quality: float) -> str:
         """Async :meth:`feedback` (runs in a worker thread)."""
         return await asyncio.to_thread(self.feedback, decision_id, quality)
+
+    def status(self) -> dict[str, RouterStatus]:
+        """The router status of every routed group, in ``model_list`` order (routers not built yet are built).
+
+        Returns:
+            Model group → its router's :meth:`~llm_router_plugin.Router.status`.
+
+        Raises:
+            LedgerUnavailableError: the budget ledger (a Redis server) cannot be reached.
+        """
+        groups = dict.fromkeys(str(d.get("model_name")) for d in self._model_list())
+        return {group: router.status() for group in groups if (router := self.router(group)) is not None}
+
+    async def astatus(self) -> dict[str, RouterStatus]:
+        """Async :meth:`status` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.status)
 
 
 def _count_tokens(deployment: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], tools: Any) -> int | None:

@@ -1,4 +1,4 @@
-"""Test helpers: LiteLLM deployments with mock responses, a small topic history, and polling for events."""
+"""Test helpers: LiteLLM deployments with mock responses, a small topic history, the proxy's routes, and polling."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from llm_router_litellm import LiteLLMAdapter
 
 from llm_router_plugin import HistoryRecord, ModelOutcome, Router
@@ -70,6 +72,19 @@ def routed(adapter: LiteLLMAdapter, group: str, text: str) -> str:
     healthy = [d for d in adapter.model_list() if d["model_name"] == group]
     assert adapter.choose(group, healthy, messages(text), request) is not None
     return str(request["metadata"]["llm_router"]["decision_id"])
+
+
+def proxy_route(app: FastAPI, path: str) -> APIRoute:
+    """The one route of ``app`` at ``path``."""
+    [route] = [r for r in app.routes if isinstance(r, APIRoute) and r.path == path]
+    return route
+
+
+def key_check(app: FastAPI, path: str) -> Callable[..., Any]:
+    """The key check the route at ``path`` depends on."""
+    [dependency] = proxy_route(app, path).dependant.dependencies
+    assert dependency.call is not None
+    return dependency.call
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
