@@ -188,8 +188,6 @@ def shown_weights(cluster: Cluster) -> list[tuple[str, dict[str, dict[str, float
     return shown
 
 
-@pytest.mark.xfail(strict=True, reason="each proxy keeps the dual weights it solved on its own decisions until the "
-                                       "router shares them through the ledger")
 def test_both_proxies_show_the_same_dual_weights(cluster: Cluster) -> None:
     deadline = time.monotonic() + 10  # a proxy may read the weights another one solved on its next decision
     while (shown := shown_weights(cluster)) and shown[0] != shown[1] and time.monotonic() < deadline:
