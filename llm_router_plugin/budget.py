@@ -377,7 +377,7 @@ class SQLiteLedger:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"state:{key}", json.dumps(value)))
 
 
-def open_ledger(config: RouterConfig) -> BudgetLedger:
+def open_ledger(config: RouterConfig, *, password: str | None = None) -> BudgetLedger:
     """The budget ledger a config names: ``config.ledger`` is ``"sqlite"`` or a Redis URL.
 
     ``"sqlite"`` opens (or creates) ``<data_dir>/ledger.sqlite3``. A Redis URL opens a
@@ -388,6 +388,9 @@ def open_ledger(config: RouterConfig) -> BudgetLedger:
 
     Args:
         config: the router config.
+        password: the Redis password when it comes from elsewhere than ``ledger_password_env`` (e.g. the LiteLLM
+            proxy's ``router_settings.redis_password``); it overrides that variable. Never part of the config, so
+            never dumped or logged with it.
 
     Returns:
         The ledger.
@@ -402,7 +405,8 @@ def open_ledger(config: RouterConfig) -> BudgetLedger:
         return SQLiteLedger(Path(config.data_dir) / "ledger.sqlite3")
     from llm_router_plugin.redis_ledger import RedisLedger  # the redis client is loaded only when used
 
-    password = ledger_password(config.ledger_password_env)
+    if password is None:
+        password = ledger_password(config.ledger_password_env)
 
     def connect() -> RedisLedger:
         return RedisLedger(

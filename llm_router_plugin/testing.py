@@ -39,7 +39,7 @@ def script(name: str) -> str:
 class LocalServer:
     """A server subprocess on 127.0.0.1 that is up once ``health_path`` answers 200.
 
-    Subclasses give the command line (:meth:`command`) and the health path.
+    Subclasses give the command line (:meth:`command`) and the health path (or their own :meth:`ready`).
 
     Args:
         log: file for the server's output.
@@ -105,13 +105,17 @@ class LocalServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self._process.returncode}:\n{self._log_tail()}")
-            try:
-                if httpx.get(f"{self.url}{self.health_path}", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet
+            if self.ready():
+                return
             time.sleep(0.5)
         raise RuntimeError(f"{self.name} did not answer within {self.startup_timeout:.0f} s:\n{self._log_tail()}")
+
+    def ready(self) -> bool:
+        """Whether the server answers: ``health_path`` returns 200 (servers that do not speak HTTP override this)."""
+        try:
+            return httpx.get(f"{self.url}{self.health_path}", timeout=2.0).status_code == 200
+        except httpx.TransportError:
+            return False  # not listening yet
 
     def _log_tail(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")[-3000:] if self.log.exists() else ""

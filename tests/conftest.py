@@ -11,14 +11,13 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llm_router_plugin import HashingEmbedder, HistoryRecord, ModelOutcome, Router, RouterConfig
-from tests.redis_server import redis_server
 
 TOPICS = {
     "math": "solve the equation integral derivative algebra number proof",
@@ -32,13 +31,6 @@ QUALITY = {"math": (1.0, 0.0), "code": (1.0, 1.0), "chat": (0.8, 0.7)}
 def topic_prompt(topic: str, i: int) -> str:
     """A prompt of a topic; the suffix makes it distinct without changing its neighbourhood much."""
     return f"{TOPICS[topic]} variant {i}"
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server on 127.0.0.1 for the session (started only if a test asks for it)."""
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture

@@ -9,9 +9,12 @@ Mapping:
   (``openai/gpt-4o`` → ``gpt-4o``). The rest of the block are :class:`~llm_router_plugin.DeploymentConfig` fields:
   ``token_budget``, ``usd_budget``, ``window``, ``fallback``, prices.
 - The router settings (``callback_settings.llm_router`` of the proxy's config.yaml, or ``settings=`` in Python) are
-  :class:`~llm_router_plugin.RouterConfig` fields except ``deployments``. Each routed group gets its own router, with
-  its own ledger and dual weights under ``<data_dir>/litellm/<group>-<hash>/``; all groups share one history store and
-  one embedder.
+  :class:`~llm_router_plugin.RouterConfig` fields except ``deployments``. When they name no ``ledger`` and the proxy's
+  ``router_settings`` name LiteLLM's own Redis (``redis_host`` and ``redis_port``, with ``redis_password``), the
+  budgets are kept on that Redis (see :func:`litellm_redis_ledger`). Each routed group gets its own router, with
+  its own ledger and dual weights under ``<data_dir>/litellm/<group>-<hash>/`` (on a Redis ledger: under the key
+  namespace ``<ledger_namespace>:<group>-<hash>``, which the same group on other proxies shares); all groups share one
+  history store and one embedder.
 - Prices: a deployment's ``llm_router`` block may set ``input_usd_per_mtok``/``output_usd_per_mtok``; else they
   come from LiteLLM (``litellm_params``/``model_info`` ``input_cost_per_token`` and ``output_cost_per_token``, then
   LiteLLM's price map for ``litellm_params.model``), else the router fits them on history.
@@ -26,7 +29,8 @@ Mapping:
 - A budget refusal is remembered with the request: LiteLLM's retries of it get the same refusal without counting as
   new traffic.
 - Quality feedback names only a decision id: :meth:`LiteLLMAdapter.feedback` finds the group whose router (and
-  decision log) made it. The proxy's ``POST /llm-router/feedback`` route calls it.
+  decision log) made it. The proxy's ``POST /llm-router/feedback`` route calls it; its ``GET /llm-router/status``
+  route shows :meth:`LiteLLMAdapter.status`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -49,6 +54,7 @@ import litellm
 import yaml
 from litellm.exceptions import RateLimitErrorCategory, RateLimitType
 
+from llm_router_plugin.budget import open_ledger
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.embedding import Embedder, make_embedder
 from llm_router_plugin.errors import (
@@ -58,7 +64,7 @@ from llm_router_plugin.errors import (
     UnknownDecisionError,
 )
 from llm_router_plugin.history import ChromaHistory
-from llm_router_plugin.router import Decision, Router
+from llm_router_plugin.router import Decision, Router, RouterStatus
 from llm_router_plugin.validation import optional_token_count, score, token_count
 
 #: Key of the router settings in ``callback_settings``, of a deployment's block in ``model_info``, and of the
@@ -136,6 +142,72 @@ def _profile(deployment: Mapping[str, Any]) -> str:
     return rest if rest and provider in litellm.provider_list else model
 
 
+def litellm_redis_ledger(router_settings: Any) -> tuple[dict[str, str], str | None]:
+    """The ledger settings that keep the budgets on the Redis of a LiteLLM proxy's ``router_settings``.
+
+    As LiteLLM does, its Redis is used when both ``redis_host`` and ``redis_port`` are set, and a value
+    ``os.environ/NAME`` is read from the environment variable ``NAME``. A password given so becomes
+    ``ledger_password_env: NAME`` (it stays in the environment); a password written in the config is returned apart,
+    for the ledger alone: it is never put in a URL or in the settings.
+
+    Args:
+        router_settings: the proxy config's ``router_settings`` (``None`` or anything but a mapping: no Redis).
+
+    Returns:
+        (``ledger`` as ``redis://host:port/0``, and ``ledger_password_env`` if the password is named so; the password
+        written in the config or ``None``), or (``{}``, ``None``) when LiteLLM has no Redis.
+
+    Raises:
+        ValueError: a host or port that is empty, not valid, or names an environment variable that is not set (the
+            message names ``router_settings.<key>``, never a password).
+    """
+    if not isinstance(router_settings, Mapping):
+        return {}, None
+    host, port = (router_settings.get(k) for k in ("redis_host", "redis_port"))
+    if host is None or port is None:
+        return {}, None
+    host, port = _environ("redis_host", host), _environ("redis_port", port)
+    if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]+", host):
+        raise ValueError("router_settings.redis_host: must be a host name or address")
+    if isinstance(port, bool) or not str(port).isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"router_settings.redis_port: must be a port number 1-65535, got {port!r}")
+    settings = {"ledger": f"redis://{f'[{host}]' if ':' in host else host}:{int(port)}/0"}
+    password = router_settings.get("redis_password")
+    if isinstance(password, str) and password.startswith(_ENVIRON):
+        return {**settings, "ledger_password_env": password.removeprefix(_ENVIRON)}, None
+    return settings, None if password is None else str(password)
+
+
+_ENVIRON = "os.environ/"
+
+
+def _on_litellm_redis(settings: Any, router_settings: Any) -> tuple[Any, str | None]:
+    """Router settings that name no ``ledger``, moved onto LiteLLM's Redis if it has one; and that Redis' password.
+
+    Settings that are not a mapping are returned as they are, for the adapter to refuse with its message.
+    """
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, Mapping) or "ledger" in settings:
+        return settings, None
+    ledger, password = litellm_redis_ledger(router_settings)
+    if "ledger_password_env" in settings:
+        password = None  # the router settings' own password variable wins
+    return {**ledger, **settings}, password
+
+
+def _environ(key: str, value: Any) -> Any:
+    """A ``router_settings`` value, read from the environment if it is ``os.environ/NAME`` (as LiteLLM reads it)."""
+    if not (isinstance(value, str) and value.startswith(_ENVIRON)):
+        return value
+    variable = value.removeprefix(_ENVIRON)
+    resolved = os.environ.get(variable)
+    if not resolved:
+        raise ValueError(f"router_settings.{key}: the environment variable {variable!r} it names is "
+                         f"{'empty' if resolved == '' else 'not set'}")
+    return resolved
+
+
 def decision_headers(request: Mapping[str, Any]) -> dict[str, str]:
     """The ``x-llm-router-*`` response headers of a routed request (empty for a request the router did not route).
 
@@ -206,6 +278,8 @@ class LiteLLMAdapter:
         model_list: returns LiteLLM's current ``model_list`` (read when a group is first seen).
         settings: router settings, :class:`~llm_router_plugin.RouterConfig` fields except ``deployments``.
         embedder: overrides the embedder the settings name.
+        ledger_password: the Redis ledger's password when it does not come from ``ledger_password_env`` (LiteLLM's
+            ``router_settings.redis_password``); kept apart from the settings, so never dumped or logged with them.
 
     Attributes:
         settings: the validated settings (its ``deployments`` is a stand-in: each group's router has its own).
@@ -217,7 +291,8 @@ class LiteLLMAdapter:
     """
 
     def __init__(
-        self, model_list: ModelList, settings: Mapping[str, Any] | None = None, *, embedder: Embedder | None = None
+        self, model_list: ModelList, settings: Mapping[str, Any] | None = None, *, embedder: Embedder | None = None,
+        ledger_password: str | None = None,
     ) -> None:
         settings = dict(settings or {})
         if "deployments" in settings:
@@ -229,6 +304,7 @@ class LiteLLMAdapter:
         )
         self.history = ChromaHistory.from_config(self.settings)
         self._model_list = model_list
+        self._ledger_password = ledger_password
         self._routers: dict[str, Router | None] = {}
         self._lock = threading.Lock()
         self._requests: OrderedDict[str, _Tracked] = OrderedDict()
@@ -240,12 +316,17 @@ class LiteLLMAdapter:
         return self._model_list
 
     @classmethod
-    def from_proxy_config(cls, path: str | Path, *, embedder: Embedder | None = None) -> LiteLLMAdapter:
+    def from_proxy_config(
+        cls, path: str | Path, *, embedder: Embedder | None = None, model_list: ModelList | None = None
+    ) -> LiteLLMAdapter:
         """The adapter a LiteLLM proxy builds from a config.yaml (to inspect budgets and spend beside the proxy).
 
         Args:
-            path: the proxy's config.yaml (``model_list`` and ``callback_settings.llm_router``).
+            path: the proxy's config.yaml: ``model_list``, ``callback_settings.llm_router``, and ``router_settings``
+                for LiteLLM's Redis (the budgets' ledger when the router settings name none: see
+                :func:`litellm_redis_ledger`).
             embedder: overrides the embedder the settings name.
+            model_list: serve this model list instead of the file's (the running proxy's).
 
         Returns:
             The adapter.
@@ -256,9 +337,10 @@ class LiteLLMAdapter:
         config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         if not isinstance(config, dict) or not isinstance(config.get("model_list"), list):
             raise ValueError(f"path: {path} is not a LiteLLM proxy config (no model_list)")
-        model_list = list(config["model_list"])
-        settings = (config.get("callback_settings") or {}).get(KEY)
-        return cls(lambda: model_list, settings, embedder=embedder)
+        listed = list(config["model_list"])
+        settings, password = _on_litellm_redis((config.get("callback_settings") or {}).get(KEY),
+                                               config.get("router_settings"))
+        return cls(model_list or (lambda: listed), settings, embedder=embedder, ledger_password=password)
 
     def router(self, model_group: str) -> Router | None:
         """The router of a model group, or ``None`` if the group is not routed.
@@ -302,13 +384,16 @@ class LiteLLMAdapter:
             return None
         # Readable, and distinct for groups whose names differ only in characters a folder name cannot hold.
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_group)[:40]
-        digest = hashlib.sha256(model_group.encode()).hexdigest()[:8]
-        folder = Path(self.settings.data_dir) / "litellm" / f"{slug}-{digest}"
+        label = f"{slug}-{hashlib.sha256(model_group.encode()).hexdigest()[:8]}"
         config = RouterConfig.from_dict({
-            **self.settings.model_dump(), "data_dir": folder,
+            **self.settings.model_dump(), "data_dir": Path(self.settings.data_dir) / "litellm" / label,
+            # On a shared Redis each group keeps its own keys (dual weights, decision count …), and proxies that
+            # serve the same group share them.
+            "ledger_namespace": f"{self.settings.ledger_namespace}:{label}",
             "deployments": [deployment_config(d).model_dump() for d in members],
         })
-        return Router(config, embedder=self.embedder, history=self.history)
+        return Router(config, embedder=self.embedder, history=self.history,
+                      ledger=open_ledger(config, password=self._ledger_password))
 
     # ----------------------------------------------------------------------------------------------- routing
 
@@ -474,6 +559,22 @@ class LiteLLMAdapter:
     async def afeedback(self, decision_id: str, quality: float) -> str:
         """Async :meth:`feedback` (runs in a worker thread)."""
         return await asyncio.to_thread(self.feedback, decision_id, quality)
+
+    def status(self) -> dict[str, RouterStatus]:
+        """The router status of every routed group, in ``model_list`` order (routers not built yet are built).
+
+        Returns:
+            Model group → its router's :meth:`~llm_router_plugin.Router.status`.
+
+        Raises:
+            LedgerUnavailableError: the budget ledger (a Redis server) cannot be reached.
+        """
+        groups = dict.fromkeys(str(d.get("model_name")) for d in self._model_list())
+        return {group: router.status() for group in groups if (router := self.router(group)) is not None}
+
+    async def astatus(self) -> dict[str, RouterStatus]:
+        """Async :meth:`status` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.status)
 
 
 def _count_tokens(deployment: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], tools: Any) -> int | None:

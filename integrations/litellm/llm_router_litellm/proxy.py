@@ -14,8 +14,9 @@ from the success and failure events, releases every attempt of a request the pro
 hook), and adds ``x-llm-router-*`` headers to the response. The callback must be imported from this installed
 package (a copy of the module beside config.yaml would be a second, separate instance).
 
-It also adds one route to the proxy, ``POST /llm-router/feedback`` with ``{"decision_id": ..., "quality": 0.8}``,
-behind the proxy's own key check, so that an application can score the answer a decision id came with.
+It also adds two routes to the proxy, behind its own key check: ``POST /llm-router/feedback`` with
+``{"decision_id": ..., "quality": 0.8}``, so that an application can score the answer a decision id came with, and
+``GET /llm-router/status``, every routed group's router status (budgets, spend, dual weights, decisions, phase).
 
 When the proxy imports this module it has already read its config file: the router settings and every routed
 deployment are validated then, so that a bad ``model_info.llm_router`` block, a negative budget, a duplicate
@@ -39,11 +40,13 @@ from starlette.exceptions import HTTPException
 
 from llm_router_litellm.adapter import KEY, LiteLLMAdapter, decision_headers, strip_client_metadata
 from llm_router_litellm.strategy import OutcomeLogger
-from llm_router_plugin.errors import UnknownDecisionError
+from llm_router_plugin.errors import LedgerUnavailableError, UnknownDecisionError
 from llm_router_plugin.validation import score
 
 #: The proxy route that takes quality feedback.
 FEEDBACK_PATH = "/llm-router/feedback"
+#: The proxy route that shows every routed group's router status.
+STATUS_PATH = "/llm-router/status"
 #: Longest decision id the route looks up (the router's ids are 32 hex digits).
 MAX_DECISION_ID = 128
 
@@ -78,11 +81,10 @@ class ProxyCallback(OutcomeLogger):
         adapter = LiteLLMAdapter.from_proxy_config(path)
         adapter.validate()
         listed = adapter.model_list
-        # Serve with the validated adapter, on the running proxy's model list once it has one.
-        self._adapter = LiteLLMAdapter(
-            lambda: proxy_server.llm_router.model_list if proxy_server.llm_router else listed(),
-            adapter.settings.model_dump(exclude={"deployments"}),
-            embedder=adapter.embedder,
+        # Serve with the validated settings, on the running proxy's model list once it has one.
+        self._adapter = LiteLLMAdapter.from_proxy_config(
+            path, embedder=adapter.embedder,
+            model_list=lambda: proxy_server.llm_router.model_list if proxy_server.llm_router else listed(),
         )
 
     async def async_pre_call_hook(
@@ -169,7 +171,8 @@ class ProxyCallback(OutcomeLogger):
         return decision_headers(data) or None
 
     def add_routes(self, app: FastAPI) -> None:
-        """Add ``POST /llm-router/feedback`` to the proxy's app, behind LiteLLM's key check (once per app).
+        """Add ``POST /llm-router/feedback`` and ``GET /llm-router/status`` to the proxy's app, behind LiteLLM's key
+        check (once per app).
 
         The check is LiteLLM's ``user_api_key_auth``, as on the proxy's own routes: the master key, and virtual keys
         as LiteLLM's route permissions allow. A check that fails without an HTTP answer of LiteLLM's is a 401.
@@ -177,11 +180,30 @@ class ProxyCallback(OutcomeLogger):
         Args:
             app: the proxy's FastAPI app (``litellm.proxy.proxy_server.app``).
         """
-        if any(isinstance(r, APIRoute) and r.path == FEEDBACK_PATH for r in app.router.routes):
+        if any(isinstance(r, APIRoute) and r.path in (FEEDBACK_PATH, STATUS_PATH) for r in app.router.routes):
             return
-        app.add_api_route(FEEDBACK_PATH, self.feedback_endpoint, methods=["POST"],
-                          dependencies=[Depends(_key_check())], tags=["llm-router"],
+        checked = [Depends(_key_check())]
+        app.add_api_route(FEEDBACK_PATH, self.feedback_endpoint, methods=["POST"], dependencies=checked,
+                          tags=["llm-router"],
                           summary="Score the answer of a routed request (its x-llm-router-decision-id)")
+        app.add_api_route(STATUS_PATH, self.status_endpoint, methods=["GET"], dependencies=checked,
+                          tags=["llm-router"], summary="Budgets, spend, dual weights and phase of every routed group")
+
+    async def status_endpoint(self) -> JSONResponse:
+        """Every routed model group's :meth:`Router.status() <llm_router_plugin.Router.status>`.
+
+        Returns:
+            200 ``{"model_groups": {group: status}}``, groups in ``model_list`` order, each status a
+            :class:`~llm_router_plugin.RouterStatus` as JSON (phase, decisions, next solve, and per deployment its
+            limits, spend, live reservations, remaining budget and dual weights); 503 naming the budget ledger when it
+            (a Redis server) cannot be reached.
+        """
+        try:
+            groups = await self.adapter.astatus()
+        except LedgerUnavailableError as exc:
+            return _error(503, "ledger", str(exc))
+        return JSONResponse({"model_groups": {group: status.model_dump(mode="json")
+                                              for group, status in groups.items()}})
 
     async def feedback_endpoint(self, request: Request) -> JSONResponse:
         """Attach a quality score to a decision: the body is ``{"decision_id": "...", "quality": 0.8}``.
@@ -252,7 +274,7 @@ def _key_check() -> Callable[..., Awaitable[Any]]:
 
 def _error(status: int, field: str, message: str) -> JSONResponse:
     """An error answer in the shape of LiteLLM's own, naming the field at fault."""
-    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    kind = {404: "not_found_error", 503: "service_unavailable_error"}.get(status, "invalid_request_error")
     return JSONResponse({"error": {"message": f"{field}: {message}", "type": kind, "param": field,
                                    "code": str(status)}}, status_code=status)
 

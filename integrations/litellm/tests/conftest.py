@@ -1,4 +1,5 @@
-"""Fixtures: an offline environment, LiteLLM's global callbacks reset around every test, and routed LiteLLM routers."""
+"""Fixtures: an offline environment, LiteLLM's global callbacks reset around every test, routed LiteLLM routers, and
+the proxy callback's routes on a test app."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from typing import Any
 
 import litellm
 import pytest
-from llm_router_litellm import LiteLLMAdapter, RoutingStrategy
-from router_litellm_support import model_list, seed_history
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from llm_router_litellm import LiteLLMAdapter, ProxyCallback, RoutingStrategy
+from llm_router_litellm.proxy import FEEDBACK_PATH
+from router_litellm_support import key_check, model_list, seed_history, two_groups
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +64,21 @@ def make_adapter(settings: dict[str, Any]) -> Callable[..., LiteLLMAdapter]:
         return adapter
 
     return build
+
+
+@pytest.fixture
+def client(make_adapter: Callable[..., LiteLLMAdapter]) -> Iterator[tuple[TestClient, LiteLLMAdapter]]:
+    """The proxy callback's routes on an app of their own, over :func:`two_groups`, with the key check overridden.
+
+    The routes' authentication is LiteLLM's ``user_api_key_auth``; a real proxy checks it in the integration tests.
+    Here it is overridden, so that every answer to a bad request can be checked without starting a proxy.
+    """
+    adapter = make_adapter(two_groups())
+    app = FastAPI()
+    ProxyCallback(adapter).add_routes(app)
+    app.dependency_overrides[key_check(app, FEEDBACK_PATH)] = lambda: None
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client, adapter
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,16 +1,22 @@
-"""Test helpers: LiteLLM deployments with mock responses, a small topic history, and polling for events."""
+"""Test helpers: LiteLLM deployments with mock responses, a small topic history, the proxy's routes, and polling."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from llm_router_litellm import LiteLLMAdapter
 
 from llm_router_plugin import HistoryRecord, ModelOutcome, Router
 
+#: The example proxy config the integration tests run (against the replay upstream).
+EXAMPLE_PROXY_CONFIG = Path(__file__).resolve().parents[3] / "examples" / "litellm_proxy" / "config.yaml"
 #: Usage LiteLLM reports for every mock response.
 MOCK_PROMPT_TOKENS = 10
 MOCK_COMPLETION_TOKENS = 20
@@ -40,6 +46,12 @@ def model_list(big: dict[str, Any] | None = None, small: dict[str, Any] | None =
     ]
 
 
+def two_groups() -> list[dict[str, Any]]:
+    """Routed groups "chat" and "code" (each with its own router and decision log), and "other" (not routed)."""
+    return [*model_list(), deployment("code", "code-big", "openai/big-model", {"token_budget": 20_000}),
+            deployment("code", "code-small", "openai/small-model", {"token_budget": 20_000})]
+
+
 def seed_history(adapter: LiteLLMAdapter, per_topic: int = 10) -> None:
     """History where big-model is right on math and small-model is not; both are fine at chat."""
     records = []
@@ -56,6 +68,61 @@ def seed_history(adapter: LiteLLMAdapter, per_topic: int = 10) -> None:
 def messages(text: str) -> list[dict[str, str]]:
     """A one-turn chat."""
     return [{"role": "user", "content": text}]
+
+
+def routed(adapter: LiteLLMAdapter, group: str, text: str) -> str:
+    """Route a request of a group; the decision id a client reads from ``x-llm-router-decision-id``."""
+    request: dict[str, Any] = {}
+    healthy = [d for d in adapter.model_list() if d["model_name"] == group]
+    assert adapter.choose(group, healthy, messages(text), request) is not None
+    return str(request["metadata"]["llm_router"]["decision_id"])
+
+
+def example_config(path: Path, upstream: str, settings: dict[str, Any], *, budget_share: float,
+                   router_settings: dict[str, Any] | None = None, **deployment_block: Any) -> Path:
+    """The example proxy config.yaml against an upstream, written to ``path``, with the tests' changes.
+
+    Args:
+        path: where to write it.
+        upstream: the upstream's base URL (the replay server).
+        settings: merged into ``callback_settings.llm_router`` (a test's data_dir, embedder, warm-up …).
+        budget_share: every USD budget is multiplied by it (so that budgets run out within a test).
+        router_settings: LiteLLM's ``router_settings`` (e.g. its Redis), if any.
+        deployment_block: merged into every routed deployment's ``model_info.llm_router`` block.
+
+    Returns:
+        ``path``.
+    """
+    config = yaml.safe_load(EXAMPLE_PROXY_CONFIG.read_text(encoding="utf-8"))
+    for entry in config["model_list"]:
+        entry["litellm_params"]["api_base"] = upstream
+        block = entry["model_info"].get("llm_router")
+        if block:
+            block["usd_budget"] *= budget_share
+            block.update(deployment_block)
+    config["callback_settings"]["llm_router"].update(settings)
+    if router_settings is not None:
+        config["router_settings"] = router_settings
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def master_key(config: Path) -> str:
+    """The master key of a proxy config.yaml."""
+    return str(yaml.safe_load(config.read_text(encoding="utf-8"))["general_settings"]["master_key"])
+
+
+def proxy_route(app: FastAPI, path: str) -> APIRoute:
+    """The one route of ``app`` at ``path``."""
+    [route] = [r for r in app.routes if isinstance(r, APIRoute) and r.path == path]
+    return route
+
+
+def key_check(app: FastAPI, path: str) -> Callable[..., Any]:
+    """The key check the route at ``path`` depends on."""
+    [dependency] = proxy_route(app, path).dependant.dependencies
+    assert dependency.call is not None
+    return dependency.call
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:

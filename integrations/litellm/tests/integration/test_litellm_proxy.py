@@ -24,7 +24,7 @@ import yaml
 from llm_router_litellm import LiteLLMAdapter
 from llm_router_litellm.testing import LiteLLMProxy
 
-from llm_router_plugin import DataFile, Router, bundled_path, import_history, read_data
+from llm_router_plugin import DataFile, Router, RouterStatus, bundled_path, import_history, read_data
 from llm_router_plugin.budget import Reservation
 from llm_router_plugin.dataset import DataRow
 from llm_router_plugin.replay import ReplayBook, ReplayServer
@@ -270,3 +270,16 @@ def test_quality_feedback_by_decision_id_with_the_proxys_key(stack: Stack) -> No
     assert not_json.status_code == 400 and not_json.json()["error"]["param"] == "body"
     unknown = send({"decision_id": uuid.uuid4().hex, "quality": 0.5})
     assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "decision_id"
+
+
+def test_the_status_of_every_routed_group_with_the_proxys_key(stack: Stack) -> None:
+    url = f"{stack.proxy.url}/llm-router/status"
+    response = httpx.get(url, headers=stack.headers, timeout=30)
+    assert response.status_code == 200
+    groups = response.json()["model_groups"]
+    assert list(groups) == ["chat", "capped"]  # "assistant" is not routed
+    shown = RouterStatus.model_validate(groups["chat"])
+    assert shown.decisions == stack.chat.status().decisions  # what the proxy's router counted, read from its log
+    assert {d.name for d in shown.deployments} == {d.name for d in stack.chat.status().deployments}
+    for headers in ({}, {"Authorization": "Bearer sk-not-this-proxys-key"}):
+        assert httpx.get(url, headers=headers, timeout=30).status_code == 401

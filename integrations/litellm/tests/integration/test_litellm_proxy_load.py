@@ -19,35 +19,24 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from llm_router_litellm import LiteLLMAdapter
 from llm_router_litellm.testing import LiteLLMProxy
+from router_litellm_support import example_config, master_key
 
 from llm_router_plugin import DataFile, bundled_path, import_history, read_data
 from llm_router_plugin.replay import ReplayBook, ReplayServer
 
 pytestmark = pytest.mark.integration
 
-EXAMPLE = Path(__file__).resolve().parents[4] / "examples" / "litellm_proxy" / "config.yaml"
 REQUESTS = 200
 KILL_AFTER = 80  # answered requests before the kill -9
 TIMEOUT_S = 5.0
 
 
 def write_config(tmp: Path, upstream: ReplayServer, **deployment_block: Any) -> Path:
-    config = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    for deployment in config["model_list"]:
-        deployment["litellm_params"]["api_base"] = upstream.url
-        block = deployment["model_info"].get("llm_router")
-        if block:
-            block["usd_budget"] /= 100
-            block.update(deployment_block)
-    config["callback_settings"]["llm_router"].update(
-        data_dir=str(tmp / "router"), embedding_model="hashing-256", warmup_queries=10, expected_queries=REQUESTS,
-        reservation_timeout_s=TIMEOUT_S)
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    settings = {"data_dir": str(tmp / "router"), "embedding_model": "hashing-256", "warmup_queries": 10,
+                "expected_queries": REQUESTS, "reservation_timeout_s": TIMEOUT_S}
+    return example_config(tmp / "config.yaml", upstream.url, settings, budget_share=0.01, **deployment_block)
 
 
 async def flood(proxy: LiteLLMProxy, key: str, prompts: list[str]) -> list[httpx.Response]:
@@ -82,7 +71,7 @@ def test_spend_survives_a_kill_mid_traffic(tmp_path: Path) -> None:
     upstream = ReplayServer(ReplayBook.from_files()).start()
     try:
         config = write_config(tmp_path, upstream)
-        key = yaml.safe_load(config.read_text())["general_settings"]["master_key"]
+        key = master_key(config)
         adapter = LiteLLMAdapter.from_proxy_config(config)
         import_history(DataFile(data.path, data.models, train, {}), adapter.history, adapter.embedder)
         proxy = LiteLLMProxy(config, log=tmp_path / "proxy.log").start()

@@ -7,37 +7,22 @@ it is overridden, so that every answer to a bad body can be checked without star
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from litellm.proxy._types import ProxyErrorTypes, ProxyException
 from litellm.proxy.auth import user_api_key_auth as auth
 from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
 from llm_router_litellm import LiteLLMAdapter, ProxyCallback
 from llm_router_litellm.proxy import FEEDBACK_PATH, _key_check
-from router_litellm_support import CHAT, MATH, deployment, messages, model_list
+from router_litellm_support import CHAT, MATH, key_check, proxy_route, routed, two_groups
 
 from llm_router_plugin import UnknownDecisionError
 
 MakeAdapter = Callable[..., LiteLLMAdapter]
-
-
-def two_groups() -> list[dict[str, Any]]:
-    """Routed groups "chat" and "code" (each with its own router and decision log), and "other" (not routed)."""
-    return [*model_list(), deployment("code", "code-big", "openai/big-model", {"token_budget": 20_000}),
-            deployment("code", "code-small", "openai/small-model", {"token_budget": 20_000})]
-
-
-def routed(adapter: LiteLLMAdapter, group: str, text: str) -> str:
-    """Route a request of a group; the decision id a client reads from ``x-llm-router-decision-id``."""
-    request: dict[str, Any] = {}
-    healthy = [d for d in adapter.model_list() if d["model_name"] == group]
-    assert adapter.choose(group, healthy, messages(text), request) is not None
-    return str(request["metadata"]["llm_router"]["decision_id"])
 
 
 def test_feedback_reaches_the_router_of_the_group_that_made_the_decision(make_adapter: MakeAdapter) -> None:
@@ -58,28 +43,6 @@ def test_feedback_finds_a_decision_made_before_a_restart(make_adapter: MakeAdapt
     decision_id = routed(make_adapter(two_groups()), "code", MATH)
     again = make_adapter(two_groups())  # a restarted proxy: no router is built until a group is asked for
     assert again.feedback(decision_id, 0.0) == "code"
-
-
-def feedback_route(app: FastAPI) -> APIRoute:
-    [route] = [r for r in app.routes if isinstance(r, APIRoute) and r.path == FEEDBACK_PATH]
-    return route
-
-
-def key_check(app: FastAPI) -> Callable[..., Any]:
-    """The key check the route depends on."""
-    [dependency] = feedback_route(app).dependant.dependencies
-    assert dependency.call is not None
-    return dependency.call
-
-
-@pytest.fixture
-def client(make_adapter: MakeAdapter) -> Iterator[tuple[TestClient, LiteLLMAdapter]]:
-    adapter = make_adapter(two_groups())
-    app = FastAPI()
-    ProxyCallback(adapter).add_routes(app)
-    app.dependency_overrides[key_check(app)] = lambda: None  # authentication is the real proxy's (see module doc)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client, adapter
 
 
 def test_the_route_records_a_score_and_answers_with_it(client: tuple[TestClient, LiteLLMAdapter]) -> None:
@@ -183,8 +146,8 @@ def test_the_route_is_added_once_and_requires_the_proxys_key_check(make_adapter:
     callback.add_routes(app)
     callback.add_routes(app)
     ProxyCallback(adapter).add_routes(app)  # e.g. a second instance of the callback: still one route
-    assert feedback_route(app).methods == {"POST"}  # one route: feedback_route finds exactly one
-    assert inspect.unwrap(key_check(app)) is user_api_key_auth
+    assert proxy_route(app, FEEDBACK_PATH).methods == {"POST"}  # one route: proxy_route finds exactly one
+    assert inspect.unwrap(key_check(app, FEEDBACK_PATH)) is user_api_key_auth
 
 
 async def test_a_key_check_that_fails_without_a_clear_refusal_is_a_401(monkeypatch: pytest.MonkeyPatch) -> None:
