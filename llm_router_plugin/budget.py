@@ -138,7 +138,7 @@ CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at) WHERE status = 'he
 """
 
 # The decision log (decisions.py) shares the ledger's file; alone, it is what a router on a Redis ledger leaves.
-_DECISION_LOG_TABLES = frozenset({"decisions", "decision_count", "leases"})
+_DECISION_LOG_TABLES = frozenset({"decisions", "decision_count", "leases", "unsettled"})
 
 
 def _open(path: Path) -> sqlite3.Connection:

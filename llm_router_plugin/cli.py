@@ -234,6 +234,8 @@ def format_status(snapshot: RouterStatus) -> str:
     history = "history unreachable" if snapshot.history_size is None else f"history {snapshot.history_size} records"
     if snapshot.history_pending:
         history += f", {snapshot.history_pending} outcome(s) queued for it"
+    if snapshot.unsettled:
+        history += f", {snapshot.unsettled} outcome(s) queued for the ledger"
     lines = [f"phase {snapshot.phase} ({snapshot.mode}), {snapshot.decisions} decisions, next re-solve at "
              f"{snapshot.next_solve_at}, {history}", "",
              f"{'deployment':<36} {'window':>7} {'limit':>14} {'spent':>12} {'reserved':>10} {'remaining':>12} "

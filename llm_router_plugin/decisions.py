@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS decision_count (id INTEGER PRIMARY KEY CHECK (id = 0)
 INSERT OR IGNORE INTO decision_count (id, n) SELECT 0, COUNT(*) FROM decisions;
 -- Leases let one process of those sharing the file run a job (the dual solve) at a time.
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+-- Outcomes reported while the budget ledger was unreachable, to settle once it is back (the record's arguments).
+CREATE TABLE IF NOT EXISTS unsettled (id TEXT PRIMARY KEY, outcome TEXT NOT NULL, queued_at REAL NOT NULL);
 """
 
 
@@ -223,6 +225,34 @@ class DecisionLog:
         """How many decisions' outcomes wait for their history write."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM decisions WHERE history_pending > 0").fetchone()[0])
+
+    def queue_unsettled(self, decision_id: str, outcome: dict[str, Any]) -> None:
+        """Keep an outcome the ledger could not settle (a later report of the same decision replaces it).
+
+        Args:
+            decision_id: the decision.
+            outcome: the validated arguments of the ``record`` call.
+        """
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO unsettled VALUES (?, ?, ?)",
+                             (decision_id, json.dumps(outcome), time.time()))
+
+    def unsettled(self, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """The oldest ``limit`` queued outcomes, as (decision id, outcome)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, outcome FROM unsettled ORDER BY queued_at, id LIMIT ?",
+                                    (limit,)).fetchall()
+        return [(row[0], json.loads(row[1])) for row in rows]
+
+    def drop_unsettled(self, decision_id: str, outcome: dict[str, Any]) -> None:
+        """Forget a queued outcome once settled, unless a newer report replaced it meanwhile."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM unsettled WHERE id=? AND outcome=?", (decision_id, json.dumps(outcome)))
+
+    def unsettled_count(self) -> int:
+        """Outcomes waiting for the ledger."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM unsettled").fetchone()[0])
 
     def recent_estimates(self, limit: int) -> list[dict[str, dict[str, float]]]:
         """Estimates of the latest ``limit`` decisions (oldest first)."""

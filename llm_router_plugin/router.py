@@ -56,6 +56,10 @@ DEGRADED_REASON = "history unreachable: estimated from each model's cached mean"
 HISTORY_RETRY_S = 5.0
 #: Queued outcomes written per attempt (one Chroma call), so that a route never waits on a long backlog.
 HISTORY_RETRY_BATCH = 64
+#: Seconds between two attempts to settle the outcomes a ledger outage left unsettled (queued in the decision log).
+RECORD_RETRY_S = 5.0
+#: Queued outcomes settled per attempt.
+RECORD_RETRY_BATCH = 64
 _log = logging.getLogger("llm_router_plugin")
 #: A score cannot be written to a history record now: the record is not there yet, or the store is unreachable.
 _NOT_WRITABLE: tuple[type[Exception], ...] = (KeyError, *STORE_UNREACHABLE)
@@ -153,6 +157,8 @@ class RouterStatus(BaseModel):
         history_size: records in the history store; ``None`` while it cannot be reached.
         history_pending: outcomes (or feedback scores) whose history write failed while the store could not be
             reached: queued in the decision log, and written, oldest first, once it is back.
+        unsettled: outcomes reported while the budget ledger could not be reached: queued in the decision log, and
+            settled, oldest first, once it is back (their holds count against the budget meanwhile).
         mu: quality multiplier (quality-target mode).
         solve_notes: what the last solve reported (e.g. an unreachable quality target).
         unknown_models: models of deployments that history holds no quality for: they are routed on the prior until
@@ -166,6 +172,7 @@ class RouterStatus(BaseModel):
     next_solve_at: int
     history_size: int | None
     history_pending: int
+    unsettled: int
     mu: float
     solve_notes: list[str]
     unknown_models: list[str]
@@ -269,6 +276,8 @@ class Router:
         self._first_time: float | None = None
         self._history_retry_at = -math.inf
         self._history_retry_lock = threading.Lock()
+        self._settle_retry_at = -math.inf
+        self._settle_retry_lock = threading.Lock()
         self.duals = DualState(self.ledger, self.learning, config.warmup_queries)
 
     @classmethod
@@ -373,6 +382,7 @@ class Router:
 
     def _decide(self, request: _Request, embedding: np.ndarray | None) -> Decision:
         self._retry_history_writes()  # first: a store that is back serves this query with the outcomes queued
+        self._settle_queued()  # and a ledger that is back counts the spend reported while it was away
         now = self._clock()
         priced_out = False
         degraded = False
@@ -843,6 +853,18 @@ class Router:
             "ttft_s": optional_amount("ttft_s", ttft_s),
         }
         self._retry_history_writes()  # first: queued outcomes are older than this one
+        self._settle_queued()
+        try:
+            return self._record(decision_id, outcome)
+        except LedgerUnavailableError:
+            # Kept, so that the spend is counted once the ledger is back even if the caller never calls again (a
+            # proxy's success callback does not).
+            self.decisions.queue_unsettled(decision_id, outcome)
+            raise
+
+    def _record(self, decision_id: str, outcome: dict[str, Any]) -> Settlement | None:
+        error, quality = outcome["error"], outcome["quality"]
+        outcome = dict(outcome)  # the queued copy keeps what the caller reported
         logged = self.decisions.get(decision_id)
         if logged is None:
             raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
@@ -880,6 +902,30 @@ class Router:
                 if late is not None and late != outcome["quality"]:
                     self._learn_quality(decision_id, logged.profile, late)
         return settlement
+
+    def _settle_queued(self) -> None:
+        """Settle the outcomes queued by a ledger outage, oldest first, once the ledger answers again.
+
+        At most every :data:`RECORD_RETRY_S` seconds and :data:`RECORD_RETRY_BATCH` outcomes, by one caller at a time.
+        Recording is idempotent, so an outcome the caller also recorded again is charged once.
+        """
+        now = time.monotonic()
+        if now < self._settle_retry_at or not self._settle_retry_lock.acquire(blocking=False):
+            return
+        try:
+            self._settle_retry_at = now + RECORD_RETRY_S
+            settled = 0
+            for decision_id, outcome in self.decisions.unsettled(RECORD_RETRY_BATCH):
+                try:
+                    self._record(decision_id, outcome)
+                except LedgerUnavailableError:
+                    return  # still away: the rest waits too
+                self.decisions.drop_unsettled(decision_id, outcome)
+                settled += 1
+            if settled:
+                _log.info("settled %d outcome(s) reported while the budget ledger was unreachable", settled)
+        finally:
+            self._settle_retry_lock.release()
 
     def _usd_of(self, name: str, estimates: dict[str, dict[str, float]], prompt_tokens: int,
                 completion_tokens: int) -> float:
@@ -1069,7 +1115,8 @@ class Router:
         return RouterStatus(
             phase="learned" if self._learned else "warmup", mode=self.config.mode, decisions=self._count(),
             next_solve_at=self.duals.next_solve_at, history_size=self._history_size(),
-            history_pending=self.decisions.history_pending_count(), mu=self.duals.mu,
+            history_pending=self.decisions.history_pending_count(), unsettled=self.decisions.unsettled_count(),
+            mu=self.duals.mu,
             solve_notes=self.duals.notes, unknown_models=self.unknown_models(), deployments=rows,
         )
 

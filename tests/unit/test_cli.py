@@ -161,7 +161,10 @@ def test_import_into_a_chroma_server_that_is_not_up_is_one_line_naming_it(
 
 def test_status_says_when_history_is_unreachable_and_what_waits_for_it() -> None:
     snapshot = RouterStatus(phase="warmup", mode="max_quality", decisions=4, next_solve_at=50, history_size=None,
-                            history_pending=3, mu=0.0, solve_notes=[], unknown_models=[], deployments=[])
+                            history_pending=3, unsettled=0, mu=0.0, solve_notes=[], unknown_models=[],
+                            deployments=[])
     assert "history unreachable, 3 outcome(s) queued for it" in format_status(snapshot)
     reachable = snapshot.model_copy(update={"history_size": 61, "history_pending": 0})
     assert "history 61 records" in format_status(reachable) and "queued" not in format_status(reachable)
+    unsettled = reachable.model_copy(update={"unsettled": 2})
+    assert "2 outcome(s) queued for the ledger" in format_status(unsettled)

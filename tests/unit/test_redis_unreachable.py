@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 
 from llm_router_plugin import BudgetExhaustedError, LedgerUnavailableError, RouterError
+from llm_router_plugin import router as router_module
 from llm_router_plugin.budget import Reservation
 from llm_router_plugin.redis_ledger import RedisLedger
 from tests.conftest import topic_prompt
@@ -120,3 +122,33 @@ def test_a_timeout_is_an_outage_too(tmp_path: Path, redis_url: str, monkeypatch:
     monkeypatch.setattr(ledger, "_reserve", slow)
     with pytest.raises(LedgerUnavailableError, match="Timeout reading from socket"):
         router.route(topic_prompt("math", 1))
+
+
+def test_outcomes_reported_during_an_outage_are_settled_when_redis_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nobody calls record() again in a proxy: the router keeps what it was told and settles it itself.
+    monkeypatch.setattr(router_module, "RECORD_RETRY_S", 0.0)
+    folder = tmp_path / "redis"
+    with redis_server(folder, persist=True) as url:
+        router = redis_router(tmp_path / "router", url, f"test-{uuid.uuid4().hex}")
+        answered = router.route(topic_prompt("math", 1), deployments=["big"])
+        failed = router.route(topic_prompt("math", 2), deployments=["small"])
+    with pytest.raises(LedgerUnavailableError):
+        router.record(answered.id, prompt_tokens=40, completion_tokens=60, quality=0.5)
+    with pytest.raises(LedgerUnavailableError):
+        router.record(failed.id, 0, 0, error="timeout")
+    with pytest.raises(LedgerUnavailableError):
+        router.status()  # budgets cannot be shown without the ledger
+    assert router.decisions.unsettled_count() == 2
+    with redis_server(folder, port=urlsplit(url).port, persist=True):
+        router.route(topic_prompt("math", 3), deployments=["small"])  # any later call settles the queue first
+        assert spent(router, "big") == 100
+        assert spent(router, "small") == 0  # the failed call's hold was released, not charged
+        for decision, status in ((answered, "recorded"), (failed, "failed")):
+            logged = router.decisions.get(decision.id)
+            assert logged is not None and logged.status == status
+        # Settled once: a caller's own retry changes nothing.
+        assert router.record(answered.id, prompt_tokens=40, completion_tokens=60) is None
+        assert spent(router, "big") == 100
+        assert router.status().unsettled == 0
