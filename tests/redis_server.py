@@ -1,4 +1,5 @@
-"""A throwaway ``redis-server`` on 127.0.0.1 for the Redis ledger's tests.
+"""A throwaway ``redis-server`` on 127.0.0.1 for the Redis ledger's tests (:class:`RedisServer`, with pytest's
+skip-or-fail policy for a machine without the binary).
 
 ``make install`` installs Debian's ``redis-server``, so a missing binary is an error by default; set
 ``LLM_ROUTER_TESTS_ALLOW_NO_REDIS=1`` to skip the Redis tests instead (a machine where nothing may be installed).
@@ -9,44 +10,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import redis
+
+from llm_router_plugin.testing import RedisServer
 
 ALLOW_MISSING = "LLM_ROUTER_TESTS_ALLOW_NO_REDIS"
-HOST = "127.0.0.1"  # never another address: the server has no password
-
-
-def _free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @contextmanager
-def redis_server(workdir: Path, attempts: int = 3, timeout_s: float = 10.0) -> Iterator[str]:
+def redis_server(workdir: Path) -> Iterator[str]:
     """Run ``redis-server`` on 127.0.0.1 and a free port; yield its URL; stop it (by its own PID) at the end.
 
     Args:
         workdir: the server's working folder (nothing is saved there: no RDB, no AOF) and its log.
-        attempts: ports tried (another process may take the free port between the probe and the bind).
-        timeout_s: how long to wait for PING per attempt.
 
     Yields:
         ``redis://127.0.0.1:<port>/0``.
@@ -55,35 +35,10 @@ def redis_server(workdir: Path, attempts: int = 3, timeout_s: float = 10.0) -> I
         pytest.fail.Exception / pytest.skip.Exception: no ``redis-server`` (skip only if the env var allows it).
         RuntimeError: the server did not answer PING.
     """
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         why = "redis-server is not installed (`make install` installs it: apt-get install redis-server)"
         if os.environ.get(ALLOW_MISSING) == "1":
             pytest.skip(f"{why}; skipped because {ALLOW_MISSING}=1")
         pytest.fail(f"{why}; set {ALLOW_MISSING}=1 to skip the Redis tests instead", pytrace=False)
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "redis.log"
-    for _ in range(attempts):
-        port = _free_port()
-        command = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-                   "--daemonize", "no", "--dir", str(workdir), "--logfile", str(log)]
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        url = f"redis://{HOST}:{port}/0"
-        try:
-            deadline = time.monotonic() + timeout_s
-            while process.poll() is None and time.monotonic() < deadline:
-                try:
-                    with closing(redis.Redis(host=HOST, port=port, socket_timeout=1)) as client:
-                        if client.ping():
-                            break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            else:
-                continue  # exited (port taken?) or never answered: try another port
-            yield url
-            return
-        finally:
-            _stop(process)
-    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-    raise RuntimeError(f"redis-server did not answer PING on {HOST} after {attempts} attempts; log:\n{tail}")
+    with RedisServer(workdir) as server:
+        yield server.url
