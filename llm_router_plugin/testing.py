@@ -247,3 +247,29 @@ class RedisServer(LocalServer):
 
     def __enter__(self) -> RedisServer:
         return self.start()
+
+
+class ReplayUpstream(LocalServer):
+    """``llm-router replay-server`` in a process of its own: the replay upstream, off the caller's interpreter (a
+    load generator in the same process would share its GIL).
+
+    Args:
+        log: file for the server's output.
+        port: TCP port; ``None`` picks a free one.
+        startup_timeout: seconds to wait for ``/v1/models``.
+    """
+
+    name = "replay-server"
+    health_path = "/v1/models"
+
+    def __init__(self, *, log: str | Path, port: int | None = None, startup_timeout: float = 60.0) -> None:
+        super().__init__(log=log, port=port, startup_timeout=startup_timeout)
+
+    def command(self) -> list[str]:
+        """``python -m llm_router_plugin.cli replay-server`` on this host and port (the shipped sample and prices)."""
+        return [sys.executable, "-m", "llm_router_plugin.cli", "replay-server", "--host", self.host, "--port",
+                str(self.port)]
+
+    def __enter__(self) -> ReplayUpstream:
+        self.start()
+        return self
