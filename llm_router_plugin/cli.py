@@ -199,6 +199,53 @@ def bench(
         typer.echo(f"wrote {plot}")
 
 
+@app.command("bench-scale")
+def bench_scale(
+    decisions: Annotated[int, typer.Option(min=1, help="Decisions (route + record) per ledger.")] = 2000,
+    block: Annotated[int, typer.Option(min=1, help="Decisions in a row on one ledger before the other's turn.")] = 50,
+    ledgers: Annotated[str, typer.Option(help="Comma-separated ledgers of the latency run: sqlite, redis.")] = (
+        "sqlite,redis"),
+    workers: Annotated[
+        str, typer.Option(help="Comma-separated LiteLLM proxy worker counts of the throughput run ('' skips it).")
+    ] = "1,2,4",
+    requests: Annotated[int, typer.Option(min=1, help="Requests per worker count.")] = 400,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 32,
+    seed: Annotated[int, typer.Option(help="Draws the queries.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Keep the routers' data and the servers' logs here (default: a temporary "
+                                       "folder, removed).")
+    ] = None,
+) -> None:
+    """Measure the scale-out cost: route + record latency on SQLite vs Redis, proxy throughput per worker count."""
+    import tempfile
+
+    from llm_router_plugin.bench import protocol, scale
+
+    options = scale.ScaleOptions(
+        decisions=decisions, block=block, ledgers=tuple(protocol.parse_list(ledgers, scale.LEDGERS, "--ledgers")),
+        workers=parse_counts(workers, "--workers"), requests=requests, concurrency=concurrency, seed=seed,
+    )
+    with tempfile.TemporaryDirectory(prefix="llm-router-bench-scale-") as scratch:
+        result = scale.run(options, work_dir or Path(scratch))
+    typer.echo(scale.format_table(result))
+    if json_out:
+        scale.write_json(result, json_out)
+        typer.echo(f"wrote {json_out}")
+
+
+def parse_counts(text: str, option: str) -> tuple[int, ...]:
+    """Comma-separated whole numbers; an empty text is none.
+
+    Raises:
+        ValueError: an item that is not a whole number (the message names ``option``).
+    """
+    try:
+        return tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated whole numbers, got {text!r}") from None
+
+
 @app.command("replay-server")
 def replay_server(
     data: Annotated[

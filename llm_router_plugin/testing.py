@@ -4,13 +4,18 @@
 
     with ChromaServer(tmp / "chroma") as chroma:
         config = RouterConfig(..., chroma_host=chroma.host, chroma_port=chroma.port)
+    with RedisServer(tmp / "redis") as redis_server:
+        config = RouterConfig(..., ledger=redis_server.url)
 
-:class:`LocalServer` is the shared machinery (start a command, wait for a health URL, stop by PID); the LiteLLM
+:class:`LocalServer` is the shared machinery (start a command, wait until it answers, stop by PID); the LiteLLM
 integration's proxy runner builds on it.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+import redis
 
 #: The only address the servers started here listen on.
 LOOPBACK = "127.0.0.1"
@@ -37,7 +43,7 @@ def script(name: str) -> str:
 
 
 class LocalServer:
-    """A server subprocess on 127.0.0.1 that is up once ``health_path`` answers 200.
+    """A server subprocess on 127.0.0.1 that is up once ``health_path`` answers 200 (or :meth:`ready` says so).
 
     Subclasses give the command line (:meth:`command`) and the health path (or their own :meth:`ready`).
 
@@ -52,6 +58,8 @@ class LocalServer:
     name = "server"
     #: Path that answers 200 once the server is up.
     health_path = "/"
+    #: Seconds between two checks of whether the server is up.
+    poll_interval_s = 0.5
 
     def __init__(
         self, *, log: str | Path, port: int | None = None, startup_timeout: float = 120.0, cwd: Path | None = None
@@ -107,7 +115,7 @@ class LocalServer:
                 raise RuntimeError(f"{self.name} exited with {self._process.returncode}:\n{self._log_tail()}")
             if self.ready():
                 return
-            time.sleep(0.5)
+            time.sleep(self.poll_interval_s)
         raise RuntimeError(f"{self.name} did not answer within {self.startup_timeout:.0f} s:\n{self._log_tail()}")
 
     def ready(self) -> bool:
@@ -166,5 +174,117 @@ class ChromaServer(LocalServer):
         return [script("chroma"), "run", "--host", self.host, "--port", str(self.port), "--path", str(self.path)]
 
     def __enter__(self) -> ChromaServer:
+        self.start()
+        return self
+
+
+class RedisServer(LocalServer):
+    """A private ``redis-server`` on 127.0.0.1 (no password) for ``ledger: redis://...``; stopped (or killed) by PID.
+
+    It listens on a free port of its own, so a system Redis on 6379 is never used. Another process may take the free
+    port between the probe and the bind: :meth:`start` then tries other ports.
+
+    Args:
+        workdir: the server's working folder; its log is ``redis.log`` there.
+        persist: keep the data in an append-only file in ``workdir``, written to disk before every write is
+            acknowledged (``appendfsync always``), so that a server killed and started again on the same folder and
+            port has every write it acknowledged; otherwise nothing is saved (no RDB, no AOF).
+        port: TCP port; ``None`` picks a free one (kept by later starts: a restart listens where clients connect).
+        startup_timeout: seconds to wait for PING, per port tried.
+        attempts: ports tried before giving up (1 when ``port`` is given).
+
+    Raises:
+        FileNotFoundError: no ``redis-server`` on the PATH (Debian: ``apt-get install redis-server``).
+    """
+
+    name = "redis-server"
+    poll_interval_s = 0.05
+
+    def __init__(
+        self, workdir: str | Path, *, persist: bool = False, port: int | None = None, startup_timeout: float = 10.0,
+        attempts: int = 3,
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server)")
+        if attempts < 1:
+            raise ValueError(f"attempts: must be at least 1, got {attempts}")
+        self.binary = binary
+        self.workdir = Path(workdir)
+        self.persist = persist
+        self.attempts = 1 if port else attempts
+        super().__init__(log=self.workdir / "redis.log", port=port, startup_timeout=startup_timeout)
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    def command(self) -> list[str]:
+        """The ``redis-server`` command line: loopback only, logging to stdout (the log file)."""
+        saving = (["--appendonly", "yes", "--appendfsync", "always"] if self.persist
+                  else ["--save", "", "--appendonly", "no"])
+        return [self.binary, "--port", str(self.port), "--bind", self.host, *saving, "--daemonize", "no",
+                "--dir", str(self.workdir)]
+
+    def kill(self) -> None:
+        """SIGKILL the server by its PID (a crash: no shutdown save) and reap it."""
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)
+        self.stop()
+
+    def ready(self) -> bool:
+        """Whether the server answers PING."""
+        try:
+            with redis.Redis(host=self.host, port=self.port, socket_timeout=1) as client:
+                return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False  # not listening (or still loading) yet
+
+    def start(self) -> RedisServer:
+        """Start the server and wait for PING, on another free port if this one was taken meanwhile.
+
+        Returns:
+            The server itself.
+
+        Raises:
+            RuntimeError: no attempt answered PING (the message ends with the last log).
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for _ in range(self.attempts - 1):
+            try:
+                super().start()
+                return self
+            except RuntimeError:
+                self.port = free_port()
+        super().start()
+        return self
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+
+class ReplayUpstream(LocalServer):
+    """``llm-router replay-server`` in a process of its own: the replay upstream, off the caller's interpreter (a
+    load generator in the same process would share its GIL).
+
+    Args:
+        log: file for the server's output.
+        port: TCP port; ``None`` picks a free one.
+        startup_timeout: seconds to wait for ``/v1/models``.
+    """
+
+    name = "replay-server"
+    health_path = "/v1/models"
+
+    def __init__(self, *, log: str | Path, port: int | None = None, startup_timeout: float = 60.0) -> None:
+        super().__init__(log=log, port=port, startup_timeout=startup_timeout)
+
+    def command(self) -> list[str]:
+        """``python -m llm_router_plugin.cli replay-server`` on this host and port (the shipped sample and prices)."""
+        return [sys.executable, "-m", "llm_router_plugin.cli", "replay-server", "--host", self.host, "--port",
+                str(self.port)]
+
+    def __enter__(self) -> ReplayUpstream:
         self.start()
         return self

@@ -54,7 +54,7 @@ def test_the_route_is_added_once_behind_the_proxys_key_check(make_adapter: Calla
 
 def test_an_unreachable_ledger_is_a_503_naming_it(settings: dict[str, Any], tmp_path: Path) -> None:
     with RedisServer(tmp_path / "redis") as server:
-        adapter = LiteLLMAdapter(two_groups, {**settings, "ledger": server.redis_url,
+        adapter = LiteLLMAdapter(two_groups, {**settings, "ledger": server.url,
                                               "ledger_namespace": f"test-{uuid.uuid4().hex}"})
         seed_history(adapter)
         routed(adapter, "chat", CHAT)
