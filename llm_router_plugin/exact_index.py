@@ -66,6 +66,11 @@ class ExactIndex:
             grown[: len(self._buffer)] = self._buffer
             self._buffer = grown
 
+    def metadata(self, record_id: str) -> Mapping[str, Any] | None:
+        """A record's metadata (``None`` for an unknown id)."""
+        row = self._row.get(record_id)
+        return None if row is None else self._metas[row]
+
     def merge_metadata(self, record_id: str, fields: Mapping[str, Any]) -> None:
         """Update some metadata fields of a record (no-op for an unknown id)."""
         row = self._row.get(record_id)

@@ -34,6 +34,11 @@ _log = logging.getLogger("llm_router_plugin")
 FIELDS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
 _PREFIX = {"quality": "q", "prompt_tokens": "pt", "completion_tokens": "ct", "cost_usd": "usd"}
 _CHROMA_MAX_BATCH = 5000
+#: Metadata field with the epoch seconds a record was last written through a store object: other processes read the
+#: records written since they last looked, instead of the whole history.
+WRITTEN_AT = "written_at"
+#: Seconds a catch-up looks back before the newest write time it saw: writers on other hosts whose clocks lag.
+CATCH_UP_SLACK_S = 5.0
 #: Seconds between checks that the in-memory exact index still has the store's size (another process may write).
 EXACT_RECHECK_S = 5.0
 #: Collection metadata key changed by every merge into an existing record, so that other processes reload their caches.
@@ -216,6 +221,7 @@ class ChromaHistory:
         self._exact_max = exact_search_max
         self._exact: ExactIndex | None = None
         self._exact_checked = -math.inf
+        self._written_seen = 0.0  # newest write time the caches hold
         self._clusters: _ClusterStats | None = None
         self._merge_token: str | None = None
         self._merge_checked = time.monotonic()
@@ -320,7 +326,8 @@ class ChromaHistory:
         """Write one batch and move the cached statistics with it."""
         replaced = self.existing_ids([r.id for r in batch])
         texts = [r.text for r in batch]
-        metadatas = [r.metadata() for r in batch]
+        now = time.time()
+        metadatas = [{**r.metadata(), WRITTEN_AT: now} for r in batch]
         self._store().upsert(
             ids=[r.id for r in batch],
             embeddings=np.asarray([r.embedding for r in batch], dtype=np.float32),
@@ -362,6 +369,7 @@ class ChromaHistory:
             got = self._store().get(ids=[record_id], include=["metadatas", "embeddings"])
             if not got["ids"]:
                 raise KeyError(f"record_id: no history record {record_id!r}")
+            new = {**new, WRITTEN_AT: time.time()}
             old = {k: v for k, v in ((got["metadatas"] or [{}])[0] or {}).items() if k in new}
             self._store().update(ids=[record_id], metadatas=[new])
             vector = np.asarray(got["embeddings"], dtype=np.float32).reshape(1, -1)
@@ -456,6 +464,8 @@ class ChromaHistory:
             with self._lock:
                 self._exact = None
             return None
+        if index is not None and len(index) != total:
+            self._catch_up(index)  # others' writes since the last look; an index that still differs is reloaded
         if index is None or len(index) != total:
             try:
                 index = self._load_exact(total)
@@ -485,9 +495,14 @@ class ChromaHistory:
             self._note_unreachable("merge check", exc)
             return
         with self._lock:
-            if stored != self._merge_token:
-                self._merge_token = stored
-                self._stats = self._clusters = self._exact = None
+            if stored == self._merge_token:
+                return
+            self._merge_token = stored
+            index = self._exact
+        if index is not None and self._catch_up(index):
+            return
+        with self._lock:
+            self._stats = self._clusters = self._exact = None
 
     def _note_unreachable(self, check: str, exc: Exception) -> None:
         """Log that the store cannot be reached, once per outage (the next successful size check ends it)."""
@@ -496,6 +511,43 @@ class ChromaHistory:
         self._unreachable = True
         _log.warning("history store unreachable (%s failed: %s); serving neighbours and means from memory, which may "
                      "miss outcomes written elsewhere until it is back", check, exc)
+
+    def _catch_up(self, index: ExactIndex) -> bool:
+        """Add the records other processes wrote (or merged into) since the last look to the exact index and the
+        cached statistics, read by their write time; False if the store could not be read."""
+        with self._lock:
+            since = self._written_seen - CATCH_UP_SLACK_S
+        pages: list[Any] = []
+        try:
+            while not pages or len(pages[-1]["ids"]) == _CHROMA_MAX_BATCH:
+                pages.append(self._store().get(where={WRITTEN_AT: {"$gte": since}}, include=["embeddings", "metadatas"],
+                                               limit=_CHROMA_MAX_BATCH, offset=len(pages) * _CHROMA_MAX_BATCH))
+        except STORE_UNREACHABLE as exc:
+            self._note_unreachable("catch-up", exc)
+            return False
+        for page in pages:
+            vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
+            for record_id, vector, meta in zip(page["ids"], vectors, page["metadatas"] or [], strict=False):
+                self._absorb(index, record_id, vector, dict(meta or {}))
+        return True
+
+    def _absorb(self, index: ExactIndex, record_id: str, vector: np.ndarray, meta: dict[str, Any]) -> None:
+        """Move the exact index and the statistics to a record as another process wrote it."""
+        with self._lock:
+            self._written_seen = max(self._written_seen, float(meta.get(WRITTEN_AT, -math.inf)))
+            old = index.metadata(record_id)
+            if old == meta:
+                return  # seen already (the catch-up looks back a little)
+            index.upsert([record_id], vector[None, :], [meta])
+            if self._stats is not None:
+                if old is not None:
+                    self._stats.add(old, -1)
+                self._stats.add(meta, +1)
+                self._stats.records += old is None
+            if self._clusters is not None:
+                if old is not None:
+                    self._clusters.add(vector[None, :], [old], -1)
+                self._clusters.add(vector[None, :], [meta], +1)
 
     def _load_exact(self, total: int) -> ExactIndex:
         ids: list[str] = []
@@ -506,6 +558,9 @@ class ChromaHistory:
             ids += page["ids"]
             vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
             metadatas += page["metadatas"] or [None] * len(page["ids"])
+        newest = max((float((m or {}).get(WRITTEN_AT, 0.0)) for m in metadatas), default=0.0)
+        with self._lock:
+            self._written_seen = max(self._written_seen, newest)
         return ExactIndex(ids, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32), metadatas)
 
     def profile_means(self, profiles: Sequence[str]) -> np.ndarray:

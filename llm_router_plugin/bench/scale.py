@@ -277,12 +277,14 @@ def command_line(options: ScaleOptions) -> str:
 
 
 def measure_throughput(workdir: Path, data: DataFile, redis_url: str, options: ScaleOptions) -> list[dict[str, Any]]:
-    """One proxy run per worker count (see :mod:`llm_router_plugin.bench.scale_proxy`), sharing one Chroma server."""
+    """Per worker count, a proxy run with the router and one of LiteLLM alone (see
+    :mod:`llm_router_plugin.bench.scale_proxy`), sharing one Chroma server and upstream."""
     from llm_router_plugin.bench.scale_proxy import measure_proxy  # LiteLLM is loaded only when proxies are measured
 
     with ReplayUpstream(log=workdir / "replay.log") as upstream, ChromaServer(workdir / "chroma") as chroma:
-        return [measure_proxy(workdir / f"proxy-{workers}w", data, upstream.url, redis_url, chroma, workers, options)
-                for workers in options.workers]
+        return [measure_proxy(workdir / f"proxy-{workers}w{'' if routed else '-alone'}", data, upstream.url,
+                              redis_url, chroma, workers, options, routed=routed)
+                for workers in options.workers for routed in (True, False)]
 
 
 def format_table(result: Mapping[str, Any]) -> str:
@@ -305,10 +307,11 @@ def format_table(result: Mapping[str, Any]) -> str:
         first = result["throughput"][0]
         lines += ["", f"LiteLLM proxy throughput: {first['requests']} requests, {first['concurrency']} in flight, "
                       f"Redis ledger, embedder {first['embedding']}, replay upstream; {result['machine']['cpus']} CPUs",
-                  "", f"{'workers':>7} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'errors':>7}"]
+                  "", f"{'workers':>7} {'proxy':<14} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'errors':>7}"]
         for run in result["throughput"]:
-            lines.append(f"{run['workers']:>7} {run['requests_per_s']:>8.1f} {run['latency_ms']['p50']:>8.1f} "
-                         f"{run['latency_ms']['p90']:>8.1f} {run['errors']:>7}")
+            proxy = "with router" if run.get("routed", True) else "LiteLLM alone"
+            lines.append(f"{run['workers']:>7} {proxy:<14} {run['requests_per_s']:>8.1f} "
+                         f"{run['latency_ms']['p50']:>8.1f} {run['latency_ms']['p90']:>8.1f} {run['errors']:>7}")
     lines.append(f"\nwall time {result['seconds']:.0f} s")
     return "\n".join(lines)
 

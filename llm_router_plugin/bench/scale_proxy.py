@@ -5,7 +5,8 @@ config's 11 deployments, a fresh ledger namespace (fresh budgets) and the Router
 (workers of one host must not write to one embedded store). The history is imported once: what the routers of one
 worker count learn stays for the next (a few hundred records on top of the 3,164). The upstream is
 the replay server in a process of its own. After a warm-up that builds every worker's router, a fixed number of
-requests is sent with a fixed number in flight.
+requests is sent with a fixed number in flight. Each worker count is also measured without the router (the same
+deployments, LiteLLM's own ``simple-shuffle``), side by side: what the host itself allows.
 
 Needs the LiteLLM integration (``integrations/litellm``); the core package imports this module only when proxies
 are measured.
@@ -36,7 +37,7 @@ MASTER_KEY = "sk-bench-scale"
 
 
 def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: ChromaServer, workers: int,
-                 expected_queries: int) -> dict[str, Any]:
+                 expected_queries: int, *, routed: bool = True) -> dict[str, Any]:
     """The proxy config.yaml of one worker count: the default deployments in group :data:`GROUP` on the upstream.
 
     Args:
@@ -46,6 +47,7 @@ def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: Chroma
         chroma: the shared Chroma server.
         workers: the worker count (names the ledger namespace).
         expected_queries: requests the budgets are paced over.
+        routed: with the router callback; ``False``: the same deployments routed by LiteLLM alone.
 
     Returns:
         The config as a mapping (dump it with YAML).
@@ -71,6 +73,10 @@ def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: Chroma
         "warmup_queries": base.warmup_queries,
         "expected_queries": base.expected_queries,
     }
+    if not routed:
+        for deployment in model_list:
+            del deployment["model_info"]["llm_router"]
+        return {"model_list": model_list, "general_settings": {"master_key": MASTER_KEY}}
     return {"model_list": model_list, "litellm_settings": {"callbacks": ["llm_router_litellm.proxy.router_callback"]},
             "callback_settings": {"llm_router": settings}, "general_settings": {"master_key": MASTER_KEY}}
 
@@ -110,7 +116,7 @@ async def send(url: str, prompts: Sequence[str], concurrency: int) -> tuple[list
 
 
 def measure_proxy(workdir: Path, data: DataFile, upstream_url: str, redis_url: str, chroma: ChromaServer,
-                  workers: int, options: ScaleOptions) -> dict[str, Any]:
+                  workers: int, options: ScaleOptions, *, routed: bool = True) -> dict[str, Any]:
     """Start a proxy with ``workers`` workers, warm it up, send ``options.requests`` requests, stop it by its PID.
 
     Args:
@@ -121,24 +127,27 @@ def measure_proxy(workdir: Path, data: DataFile, upstream_url: str, redis_url: s
         chroma: the shared Chroma server.
         workers: uvicorn workers.
         options: requests, concurrency, seed.
+        routed: with the router; ``False``: LiteLLM alone, the same deployments and prompts.
 
     Returns:
-        ``workers``, ``requests``, ``concurrency``, ``embedding``, ``requests_per_s``, ``latency_ms`` (summary),
-        ``errors``, ``warmup_requests`` and ``load_average`` (the host's, when the measured requests ended: other
-        work on the host shows there).
+        ``workers``, ``routed``, ``requests``, ``concurrency``, ``embedding``, ``requests_per_s``, ``latency_ms``
+        (summary), ``errors``, ``warmup_requests`` and ``load_average`` (the host's, when the measured requests
+        ended: other work on the host shows there).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     warmup = 2 * options.concurrency  # enough connections that every worker builds its router before the clock
     prompts = [row.prompt for row in draw_queries(data.rows, warmup + options.requests, options.seed + workers)]
     path = workdir / "config.yaml"
-    config = proxy_config(workdir / "router", upstream_url, redis_url, chroma, workers, warmup + options.requests)
+    config = proxy_config(workdir / "router", upstream_url, redis_url, chroma, workers, warmup + options.requests,
+                          routed=routed)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    adapter = LiteLLMAdapter.from_proxy_config(path)
-    import_history(data, adapter.history, adapter.embedder)  # idempotent: the first worker count imports
+    if routed:
+        adapter = LiteLLMAdapter.from_proxy_config(path)
+        import_history(data, adapter.history, adapter.embedder)  # idempotent: the first worker count imports
     with LiteLLMProxy(path, log=workdir / "proxy.log", num_workers=workers, startup_timeout=300) as proxy:
         asyncio.run(send(proxy.url, prompts[:warmup], options.concurrency))
         latencies, seconds, errors = asyncio.run(send(proxy.url, prompts[warmup:], options.concurrency))
-    return {"workers": workers, "requests": options.requests, "concurrency": options.concurrency,
+    return {"workers": workers, "routed": routed, "requests": options.requests, "concurrency": options.concurrency,
             "embedding": EMBEDDING_MODEL, "requests_per_s": len(latencies) / seconds,
             "latency_ms": summarize(latencies) if latencies else None, "errors": errors, "warmup_requests": warmup,
             "load_average": list(os.getloadavg())}

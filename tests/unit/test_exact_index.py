@@ -83,3 +83,37 @@ def test_an_index_grows_one_record_at_a_time() -> None:
         index.upsert([f"r{i}"], v[None], [{"i": i}])
     ids, sims, _ = index.search(vectors[123:124], 1)
     assert ids == [["r123"]] and len(index) == 300 and np.isclose(sims[0, 0], 1.0)
+
+
+def test_another_process_s_writes_are_caught_up_without_reloading_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Proxy workers and hosts learn from every call: each reloading the whole history whenever another one wrote a
+    # record would cost every process a full scan every few seconds.
+    import llm_router_plugin.history as history_module
+
+    vectors, query = crowded_history(n_duplicates=10, n_distinct=5)
+    reader = store(tmp_path, vectors, exact_search_max=100)
+    reader.neighbours(query, 3, ["m"])  # loads the index
+    assert np.isnan(reader.profile_means(["other"])[0, 0])  # nothing known of "other" yet
+    writer = ChromaHistory(tmp_path / "chroma-100", exact_search_max=100)  # another worker on the same store
+    writer.upsert([HistoryRecord(id="theirs", embedding=query[0], outcomes={"other": ModelOutcome(quality=0.2)})])
+    writer.update_outcome("r00003", "other", ModelOutcome(quality=0.6))  # a merge (feedback) of theirs
+    monkeypatch.setattr(history_module, "EXACT_RECHECK_S", 0.0)
+
+    def no_full_reload(*args: object) -> None:
+        raise AssertionError("the whole history was loaded again")
+
+    monkeypatch.setattr(reader, "_load_exact", no_full_reload)
+    monkeypatch.setattr(reader, "_scan", no_full_reload)
+    found = reader.neighbours(query, 1, ["other"])
+    assert found.ids[0] == ["theirs"] and found.outcomes[0, 0, 0, 0] == pytest.approx(0.2)
+    # The statistics moved with the records: "other" is known by two records now, with mean quality 0.4.
+    assert reader.profile_means(["other"])[0, 0] == pytest.approx(0.4)
+    # A record written without the reader's knowledge that it cannot place (an older writer: no write time) makes
+    # the sizes differ after the catch-up: then the whole index is loaded again, as before.
+    monkeypatch.undo()
+    monkeypatch.setattr(history_module, "EXACT_RECHECK_S", 0.0)
+    writer._store().add(ids=["unstamped"], embeddings=query, metadatas=[{"q|other": 1.0}])
+    assert reader.neighbours(query, 2, ["other"]).ids[0][0] in {"theirs", "unstamped"}
+    assert len(reader._exact_index() or []) == len(vectors) + 2

@@ -30,3 +30,12 @@ def test_every_default_deployment_is_routed_with_its_price_and_budgets(tmp_path:
     assert settings["ledger"] == "redis://127.0.0.1:6399/0" and settings["ledger_namespace"] == "bench-scale-4w"
     assert (settings["chroma_host"], settings["chroma_port"]) == (chroma.host, chroma.port)
     assert settings["embedding_model"] == "hashing-384" and settings["expected_queries"] == 464
+
+
+def test_the_baseline_is_the_same_proxy_without_the_router(tmp_path: Path) -> None:
+    chroma = ChromaServer(tmp_path / "chroma")
+    routed = proxy_config(tmp_path, "http://127.0.0.1:9", "redis://127.0.0.1:6399/0", chroma, 2, 464)
+    alone = proxy_config(tmp_path, "http://127.0.0.1:9", "redis://127.0.0.1:6399/0", chroma, 2, 464, routed=False)
+    assert "callback_settings" not in alone and "litellm_settings" not in alone
+    assert [d["litellm_params"] for d in alone["model_list"]] == [d["litellm_params"] for d in routed["model_list"]]
+    assert all("llm_router" not in d["model_info"] for d in alone["model_list"])
