@@ -53,7 +53,7 @@ def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: Chroma
         The config as a mapping (dump it with YAML).
     """
     base = scale_config(folder, redis_url, expected_queries, namespace=f"bench-scale-{workers}w")
-    model_list = [
+    model_list: list[dict[str, Any]] = [
         {
             "model_name": GROUP,
             "litellm_params": {
