@@ -8,8 +8,9 @@ A decision runs in three stages, each its own method:
 3. **select** — warm-up: budget-paced greedy, max d̂ / max_u(ĝ_u / pace_u) with pace_u = remaining_u / expected
    remaining queries; learned: max d̂ − Σ_u λ_u ĝ_u (or the quality-target rule), λ from the dual LP.
 
-The choice is then reserved in the ledger atomically with a last affordability check; ``record`` settles the
-reservation with the actual usage and adds the outcome to history.
+The choice is then reserved in the ledger atomically with a last affordability check. What follows the call
+(``record`` settling the reservation with the actual usage and adding the outcome to history, ``feedback``, and the
+queues of outcomes an outage left unwritten) is :class:`~llm_router_plugin.outcomes.OutcomeRecorder`'s.
 """
 
 from __future__ import annotations
@@ -31,16 +32,17 @@ from pydantic import BaseModel, Field
 from llm_router_plugin.budget import UNITS, BudgetLedger, Reservation, Settlement, open_ledger, window_index
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.dataset import DataFile, ImportReport, import_history, read_data
-from llm_router_plugin.decisions import DecisionLog, LoggedDecision
+from llm_router_plugin.decisions import DecisionLog
 from llm_router_plugin.duals import Budgets, DualSolution, pick, scores, solve_max_quality, solve_quality_target
 from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, make_embedder, query_text
-from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, LedgerUnavailableError, UnknownDecisionError
+from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, LedgerUnavailableError
 from llm_router_plugin.estimator import PRIOR_QUALITY, Estimates, Estimator, KnnEstimator, mean_estimates
-from llm_router_plugin.history import FIELDS, STORE_UNREACHABLE, ChromaHistory, HistoryRecord, ModelOutcome
+from llm_router_plugin.history import FIELDS, STORE_UNREACHABLE, ChromaHistory
 from llm_router_plugin.learning import SAMPLE_SIZE, DualState, LearningStore, open_learning_store
+from llm_router_plugin.outcomes import OutcomeRecorder
 from llm_router_plugin.pricing import resolve_prices, usage_estimate
 from llm_router_plugin.profiles import ProfileSet, default_profile_set
-from llm_router_plugin.validation import optional_amount, optional_token_count, score, token_count
+from llm_router_plugin.validation import optional_token_count, token_count
 
 Phase = Literal["warmup", "learned", "explore", "fallback"]
 
@@ -52,17 +54,7 @@ NON_TEXT_PART_TOKENS = 1000
 UNREACHABLE_WARN_S = 60.0
 #: What a decision's reason says when its estimates come from cached means because the store could not be read.
 DEGRADED_REASON = "history unreachable: estimated from each model's cached mean"
-#: Seconds between two attempts to write the outcomes queued in the decision log by a history outage.
-HISTORY_RETRY_S = 5.0
-#: Queued outcomes written per attempt (one Chroma call), so that a route never waits on a long backlog.
-HISTORY_RETRY_BATCH = 64
-#: Seconds between two attempts to settle the outcomes a ledger outage left unsettled (queued in the decision log).
-RECORD_RETRY_S = 5.0
-#: Queued outcomes settled per attempt.
-RECORD_RETRY_BATCH = 64
 _log = logging.getLogger("llm_router_plugin")
-#: A score cannot be written to a history record now: the record is not there yet, or the store is unreachable.
-_NOT_WRITABLE: tuple[type[Exception], ...] = (KeyError, *STORE_UNREACHABLE)
 
 
 class Candidate(BaseModel):
@@ -266,7 +258,6 @@ class Router:
             for unit, limit in d.budget_limits().items()
         ]
         self._owner = np.array([b.index for b in self._budgets], dtype=int)
-        self._by_name = {d.name: d for d in self._deployments}
         self._prices = resolve_prices(self._deployments, self._history_means)
         self._solve_lock = threading.Lock()
         self._warned: set[str] = set()
@@ -274,11 +265,12 @@ class Router:
         self._learning_warned_at = -math.inf
         self._known_count = 0
         self._first_time: float | None = None
-        self._history_retry_at = -math.inf
-        self._history_retry_lock = threading.Lock()
-        self._settle_retry_at = -math.inf
-        self._settle_retry_lock = threading.Lock()
         self.duals = DualState(self.ledger, self.learning, config.warmup_queries)
+        self.outcomes = OutcomeRecorder(
+            config, ledger=self.ledger, decisions=self.decisions, history=self.history, learning=self.learning,
+            prices={d.name: p for d, p in zip(self._deployments, self._prices, strict=True)}, clock=clock,
+            warn_learning=self._warn_learning,
+        )
 
     @classmethod
     def from_config(cls, source: str | Path | dict[str, Any] | RouterConfig, **kwargs: Any) -> Router:
@@ -381,8 +373,9 @@ class Router:
         return sorted({names.index(n) for n in deployments})
 
     def _decide(self, request: _Request, embedding: np.ndarray | None) -> Decision:
-        self._retry_history_writes()  # first: a store that is back serves this query with the outcomes queued
-        self._settle_queued()  # and a ledger that is back counts the spend reported while it was away
+        # First: a store that is back serves this query with the outcomes queued, and a ledger that is back counts
+        # the spend reported while it was away.
+        self.outcomes.retry_queued()
         now = self._clock()
         priced_out = False
         degraded = False
@@ -843,110 +836,8 @@ class Router:
             LedgerUnavailableError: the budget ledger (a Redis server) cannot be reached: the decision stays open,
                 and calling again once the ledger is back settles it (charged once).
         """
-        outcome: dict[str, Any] = {
-            "prompt_tokens": token_count("prompt_tokens", prompt_tokens),
-            "completion_tokens": token_count("completion_tokens", completion_tokens),
-            "cost_usd": optional_amount("cost_usd", cost_usd),
-            "latency_s": optional_amount("latency_s", latency_s),
-            "error": None if error is None else str(error),
-            "quality": None if quality is None else score("quality", quality),
-            "ttft_s": optional_amount("ttft_s", ttft_s),
-        }
-        self._retry_history_writes()  # first: queued outcomes are older than this one
-        self._settle_queued()
-        try:
-            return self._record(decision_id, outcome)
-        except LedgerUnavailableError:
-            # Kept, so that the spend is counted once the ledger is back even if the caller never calls again (a
-            # proxy's success callback does not).
-            self.decisions.queue_unsettled(decision_id, outcome)
-            raise
-
-    def _record(self, decision_id: str, outcome: dict[str, Any]) -> Settlement | None:
-        error, quality = outcome["error"], outcome["quality"]
-        outcome = dict(outcome)  # the queued copy keeps what the caller reported
-        logged = self.decisions.get(decision_id)
-        if logged is None:
-            raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
-        tokens = outcome["prompt_tokens"] + outcome["completion_tokens"]
-        # A failure report does not close a decision for good: usage reported after it (the call was answered
-        # after all) is charged. A recorded decision is closed for good.
-        if logged.status == "recorded" or (logged.status == "failed" and tokens == 0):
-            return None
-        if outcome["quality"] is None:  # feedback that came before this record, to this router or another host's
-            outcome["quality"] = logged.outcome.get("quality")
-            if outcome["quality"] is None:
-                outcome["quality"] = self._feedback_from_elsewhere(decision_id)
-        if error is not None and tokens == 0:
-            self.ledger.release(decision_id)
-            self.decisions.close_decision(decision_id, "failed", outcome)
-            return None
-        usd = outcome["cost_usd"]
-        if usd is None:
-            usd = self._usd_of(logged.deployment, logged.estimates, outcome["prompt_tokens"],
-                               outcome["completion_tokens"])
-        actual = {"tokens": float(tokens), "usd": usd}
-        settlement = self.ledger.settle(decision_id, actual, self._clock())
-        if settlement is None and logged.status == "failed":
-            return None  # failed with usage before: charged then
-        if not self.decisions.close_decision(decision_id, "failed" if error else "recorded", outcome, logged.status):
-            return None  # a concurrent record of the same decision closed it first (the ledger charged once)
-        if settlement is None:  # an earlier, interrupted record settled the ledger already
-            settlement = Settlement(logged.deployment, {}, actual, False)
-        if error is None and self.config.learn_online and logged.embedding.size:
-            self._learn(replace(logged, outcome=outcome))
-            if quality is None:
-                # Feedback that landed between the read above and the close is in the log, not in what was learned.
-                closed = self.decisions.get(decision_id)
-                late = closed.outcome.get("quality") if closed is not None else None
-                if late is not None and late != outcome["quality"]:
-                    self._learn_quality(decision_id, logged.profile, late)
-        return settlement
-
-    def _settle_queued(self) -> None:
-        """Settle the outcomes queued by a ledger outage, oldest first, once the ledger answers again.
-
-        At most every :data:`RECORD_RETRY_S` seconds and :data:`RECORD_RETRY_BATCH` outcomes, by one caller at a time.
-        Recording is idempotent, so an outcome the caller also recorded again is charged once.
-        """
-        now = time.monotonic()
-        if now < self._settle_retry_at or not self._settle_retry_lock.acquire(blocking=False):
-            return
-        try:
-            self._settle_retry_at = now + RECORD_RETRY_S
-            settled = 0
-            for decision_id, outcome in self.decisions.unsettled(RECORD_RETRY_BATCH):
-                try:
-                    self._record(decision_id, outcome)
-                except LedgerUnavailableError:
-                    return  # still away: the rest waits too
-                self.decisions.drop_unsettled(decision_id, outcome)
-                settled += 1
-            if settled:
-                _log.info("settled %d outcome(s) reported while the budget ledger was unreachable", settled)
-        finally:
-            self._settle_retry_lock.release()
-
-    def _usd_of(self, name: str, estimates: dict[str, dict[str, float]], prompt_tokens: int,
-                completion_tokens: int) -> float:
-        """USD of a call that reported no cost: its tokens at the deployment's price, else the decision's estimate."""
-        deployment = self._by_name.get(name)
-        price = self._prices[self._deployments.index(deployment)] if deployment is not None else None
-        if price is not None:
-            return price.cost(prompt_tokens, completion_tokens)
-        # The deployment was renamed or has no price: its estimate at decision time is the best figure there is.
-        return float(estimates.get(name, {}).get("usd", 0.0))
-
-    def _learn(self, logged: LoggedDecision) -> None:
-        decision_id = logged.id
-        try:
-            self.history.upsert([self._history_record(logged)])
-        except STORE_UNREACHABLE as exc:  # the spend is settled; a history outage must not turn that into an error
-            self.decisions.mark_history_pending(decision_id)
-            _log.warning("history write failed for decision %s (queued in the decision log, written when the store "
-                         "is back): %s", decision_id, exc)
-        except Exception as exc:
-            _log.warning("history write failed for decision %s (its outcome is not learned): %s", decision_id, exc)
+        return self.outcomes.record(decision_id, prompt_tokens, completion_tokens, cost_usd, latency_s, error,
+                                    quality, ttft_s)
 
     async def arecord(self, decision_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float | None = None,
                       latency_s: float | None = None, error: str | None = None,
@@ -977,22 +868,7 @@ class Router:
                 to score (the message names the argument; nothing is written).
             LedgerUnavailableError: the decision is not this router's and the shared learning state cannot be read.
         """
-        quality = score("quality", quality)
-        logged = self.decisions.get(decision_id)
-        if logged is None:
-            self._feedback_for_elsewhere(decision_id, quality)
-            return
-        if logged.status == "failed":
-            raise ValueError(f"decision_id: decision {decision_id!r} failed; there is no answer to score")
-        self.decisions.merge_outcome(decision_id, {"quality": quality})
-        if not (self.config.learn_online and logged.embedding.size):
-            return
-        if logged.status == "open":
-            # Open: record() learns the score. Unless it closed the decision after the read above: then learn it here.
-            closed = self.decisions.get(decision_id)
-            if closed is None or closed.status != "recorded":
-                return
-        self._learn_quality(decision_id, logged.profile, quality)
+        self.outcomes.feedback(decision_id, quality)
 
     def knows(self, decision_id: str) -> bool:
         """Whether :meth:`feedback` can score this decision: this router's, or (Redis ledger) another router's on the
@@ -1001,91 +877,7 @@ class Router:
         Raises:
             LedgerUnavailableError: the decision is not this router's and the shared learning state cannot be read.
         """
-        return self.decisions.get(decision_id) is not None or self.learning.profile_of(decision_id) is not None
-
-    def _feedback_for_elsewhere(self, decision_id: str, quality: float) -> None:
-        """Score a decision another router made: for its record (shared), and in the shared history if it is there."""
-        profile = self.learning.profile_of(decision_id)
-        if profile is None:
-            raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
-        self.learning.leave_feedback(decision_id, quality)
-        if not self.config.learn_online:
-            return
-        try:
-            self.history.update_outcome(decision_id, profile, ModelOutcome(quality=quality))
-        except _NOT_WRITABLE as exc:  # its router learns the shared score when it writes the record
-            _log.info("decision %s of another router is not in history yet (%s); its router learns the score",
-                      decision_id, exc or "not recorded")
-
-    def _feedback_from_elsewhere(self, decision_id: str) -> float | None:
-        """A score another router on the namespace took for this router's decision (``None``: none, or unreadable)."""
-        try:
-            return self.learning.feedback_for(decision_id)
-        except LedgerUnavailableError as exc:
-            self._warn_learning(exc)
-            return None
-
-    def _learn_quality(self, decision_id: str, profile: str, quality: float) -> None:
-        try:
-            self.history.update_outcome(decision_id, profile, ModelOutcome(quality=quality))
-        except KeyError:
-            # Not in history yet: a record still writing it (it reads the log's score after), or a write queued by an
-            # outage, which may have read the log before this score. Queued (again): the retry writes the log's score.
-            self.decisions.mark_history_pending(decision_id)
-            _log.info("no history record for decision %s yet; its quality score is queued in the decision log",
-                      decision_id)
-        except STORE_UNREACHABLE as exc:  # the score is in the decision log; an outage must not fail the caller
-            self.decisions.mark_history_pending(decision_id)
-            _log.warning("history write failed for the quality of decision %s (queued in the decision log, written "
-                         "when the store is back): %s", decision_id, exc)
-
-    def _retry_history_writes(self) -> None:
-        """Write the oldest outcomes a history outage queued, rebuilt from the decision log with its latest score.
-
-        At most every :data:`HISTORY_RETRY_S` seconds and :data:`HISTORY_RETRY_BATCH` decisions, by one caller at a
-        time (the others go on). The write is an upsert by decision id, so a retry of a write that had succeeded
-        changes nothing; one that fails leaves the queue as it was.
-        """
-        now = time.monotonic()
-        if now < self._history_retry_at or not self._history_retry_lock.acquire(blocking=False):
-            return
-        try:
-            self._history_retry_at = now + HISTORY_RETRY_S
-            queued = [(logged, mark) for decision_id, mark in self.decisions.history_pending(HISTORY_RETRY_BATCH)
-                      if (logged := self.decisions.get(decision_id)) is not None]
-            if not queued:
-                return
-            try:
-                self.history.upsert([self._history_record(logged) for logged, _ in queued])
-            except STORE_UNREACHABLE as exc:  # still down: kept queued, tried again later
-                _log.info("%d queued history write(s) wait for the store: %s", len(queued), exc)
-                return
-            except Exception as exc:  # refused: kept queued (nothing is dropped), and said louder
-                _log.warning("%d queued history write(s) failed: %s", len(queued), exc)
-                return
-            for logged, mark in queued:
-                latest = self.decisions.get(logged.id)
-                if latest is not None and latest.outcome.get("quality") != logged.outcome.get("quality"):
-                    continue  # a score came in after the read (its own write may have landed first): written next
-                self.decisions.clear_history_pending(logged.id, mark)
-            _log.info("wrote %d queued outcome(s) to history", len(queued))
-        finally:
-            self._history_retry_lock.release()
-
-    def _history_record(self, logged: LoggedDecision) -> HistoryRecord:
-        """The history record of a recorded decision, from what the decision log holds now."""
-        outcome = logged.outcome
-        quality = outcome.get("quality")
-        if quality is None:  # a score another host took while this write was queued
-            quality = self._feedback_from_elsewhere(logged.id)
-        usd = outcome.get("cost_usd")
-        if usd is None:
-            usd = self._usd_of(logged.deployment, logged.estimates, outcome["prompt_tokens"],
-                               outcome["completion_tokens"])
-        return HistoryRecord(id=logged.id, embedding=logged.embedding.tolist(), text=logged.text, outcomes={
-            logged.profile: ModelOutcome(quality=quality, prompt_tokens=outcome["prompt_tokens"],
-                                         completion_tokens=outcome["completion_tokens"], cost_usd=usd),
-        })
+        return self.outcomes.knows(decision_id)
 
     async def afeedback(self, decision_id: str, quality: float) -> None:
         """Async :meth:`feedback`."""

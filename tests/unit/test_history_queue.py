@@ -16,7 +16,7 @@ from chromadb.config import Settings
 
 from llm_router_plugin import HashingEmbedder, Router, RouterConfig
 from llm_router_plugin import history as history_module
-from llm_router_plugin import router as router_module
+from llm_router_plugin import outcomes as outcomes_module
 from llm_router_plugin.history import ChromaHistory
 from llm_router_plugin.testing import LOOPBACK, ChromaServer, free_port
 from tests.conftest import topic_history, topic_prompt
@@ -29,7 +29,7 @@ COLLECTION = "served-history"
 def _retry_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Connect and write queued outcomes on every call, not every few seconds: the tests do not wait."""
     monkeypatch.setattr(history_module, "CONNECT_RETRY_S", 0.0)
-    monkeypatch.setattr(router_module, "HISTORY_RETRY_S", 0.0)
+    monkeypatch.setattr(outcomes_module, "HISTORY_RETRY_S", 0.0)
 
 
 def server_config(port: int, data_dir: Path) -> RouterConfig:

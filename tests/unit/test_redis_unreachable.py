@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from llm_router_plugin import BudgetExhaustedError, LedgerUnavailableError, RouterError
-from llm_router_plugin import router as router_module
+from llm_router_plugin import outcomes as outcomes_module
 from llm_router_plugin.budget import Reservation
 from llm_router_plugin.redis_ledger import RedisLedger
 from tests.conftest import topic_prompt
@@ -128,7 +128,7 @@ def test_outcomes_reported_during_an_outage_are_settled_when_redis_is_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Nobody calls record() again in a proxy: the router keeps what it was told and settles it itself.
-    monkeypatch.setattr(router_module, "RECORD_RETRY_S", 0.0)
+    monkeypatch.setattr(outcomes_module, "RECORD_RETRY_S", 0.0)
     folder = tmp_path / "redis"
     with redis_server(folder, persist=True) as url:
         router = redis_router(tmp_path / "router", url, f"test-{uuid.uuid4().hex}")
