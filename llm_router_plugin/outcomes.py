@@ -108,6 +108,16 @@ class OutcomeRecorder:
     ) -> Settlement | None:
         """Check an outcome, then settle the decision, close it and learn it (see :meth:`Router.record`).
 
+        Args:
+            decision_id: the decision.
+            prompt_tokens: actual prompt tokens.
+            completion_tokens: actual completion tokens.
+            cost_usd: actual cost (``None``: priced from the tokens).
+            latency_s: call latency.
+            error: the error message of a failed call.
+            quality: a score in [0, 1] (``None``: a score given by feedback, if any).
+            ttft_s: time to first token.
+
         Returns:
             The settlement, or ``None`` if the decision was already recorded or the call failed without usage.
 
@@ -222,6 +232,10 @@ class OutcomeRecorder:
     def feedback(self, decision_id: str, quality: float) -> None:
         """Attach a quality score to a decision's outcome, in the log and in history (see :meth:`Router.feedback`).
 
+        Args:
+            decision_id: the decision, this router's or another's on the namespace.
+            quality: score in [0, 1].
+
         Raises:
             UnknownDecisionError: no such decision, here or (Redis ledger) on another router of the namespace.
             ValueError: quality outside [0, 1] (or not a number), or the decision's call failed without an answer.
@@ -246,6 +260,12 @@ class OutcomeRecorder:
 
     def knows(self, decision_id: str) -> bool:
         """Whether :meth:`feedback` can score this decision: this router's, or another router's on the namespace.
+
+        Args:
+            decision_id: the decision.
+
+        Returns:
+            Whether the decision is in this router's log or in the shared learning state.
 
         Raises:
             LedgerUnavailableError: the decision is not this router's and the shared learning state cannot be read.
