@@ -34,10 +34,11 @@ if TYPE_CHECKING:
     from llm_router_plugin.config import RouterConfig
     from llm_router_plugin.pricing import Price
 
-#: Seconds between two attempts to write the outcomes queued in the decision log by a history outage.
+#: Seconds between two attempts to write the outcomes queued in the decision log by a history outage (with
+#: ``history_batch_s``, queued outcomes are written that often instead, if sooner).
 HISTORY_RETRY_S = 5.0
 #: Queued outcomes written per attempt (one Chroma call), so that a route never waits on a long backlog.
-HISTORY_RETRY_BATCH = 64
+HISTORY_RETRY_BATCH = 256
 #: Seconds between two attempts to settle the outcomes a ledger outage left unsettled (queued in the decision log).
 RECORD_RETRY_S = 5.0
 #: Queued outcomes settled per attempt.
@@ -220,6 +221,10 @@ class OutcomeRecorder:
 
     def _learn(self, logged: LoggedDecision) -> None:
         decision_id = logged.id
+        if self.config.history_batch_s > 0:
+            # Written with the others of the next batch: one Chroma call for many outcomes (see history_batch_s).
+            self.decisions.mark_history_pending(decision_id)
+            return
         try:
             self.history.upsert([self._history_record(logged)])
         except STORE_UNREACHABLE as exc:  # the spend is settled; a history outage must not turn that into an error
@@ -309,17 +314,18 @@ class OutcomeRecorder:
                          "when the store is back): %s", decision_id, exc)
 
     def _retry_history_writes(self) -> None:
-        """Write the oldest outcomes a history outage queued, rebuilt from the decision log with its latest score.
+        """Write the oldest queued outcomes (a batch, or what a history outage held back), rebuilt from the decision
+        log with its latest score.
 
-        At most every :data:`HISTORY_RETRY_S` seconds and :data:`HISTORY_RETRY_BATCH` decisions, by one caller at a
-        time (the others go on). The write is an upsert by decision id, so a retry of a write that had succeeded
-        changes nothing; one that fails leaves the queue as it was.
+        At most every :data:`HISTORY_RETRY_S` seconds (``history_batch_s`` if sooner) and :data:`HISTORY_RETRY_BATCH`
+        decisions, by one caller at a time (the others go on). The write is an upsert by decision id, so a retry of a
+        write that had succeeded changes nothing; one that fails leaves the queue as it was.
         """
         now = time.monotonic()
         if now < self._history_retry_at or not self._history_retry_lock.acquire(blocking=False):
             return
         try:
-            self._history_retry_at = now + HISTORY_RETRY_S
+            self._history_retry_at = now + min(HISTORY_RETRY_S, self.config.history_batch_s or HISTORY_RETRY_S)
             queued = [(logged, mark) for decision_id, mark in self.decisions.history_pending(HISTORY_RETRY_BATCH)
                       if (logged := self.decisions.get(decision_id)) is not None]
             if not queued:
@@ -337,7 +343,9 @@ class OutcomeRecorder:
                 if latest is not None and latest.outcome.get("quality") != logged.outcome.get("quality"):
                     continue  # a score came in after the read (its own write may have landed first): written next
                 self.decisions.clear_history_pending(logged.id, mark)
-            _log.info("wrote %d queued outcome(s) to history", len(queued))
+            # A batch is routine; outcomes an outage held back are worth a line.
+            _log.log(logging.DEBUG if self.config.history_batch_s else logging.INFO,
+                     "wrote %d queued outcome(s) to history", len(queued))
         finally:
             self._history_retry_lock.release()
 

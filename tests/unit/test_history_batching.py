@@ -1,0 +1,60 @@
+"""Outcomes written to history in batches (``history_batch_s``): one Chroma call for many recorded calls."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from llm_router_plugin import Router, RouterConfig
+from tests.conftest import topic_prompt
+
+RouterFactory = Callable[..., Router]
+
+
+def spy_upserts(router: Router, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the size of every history write."""
+    sizes: list[int] = []
+    upsert = router.history.upsert
+
+    def counted(records: Any) -> None:
+        sizes.append(len(records))
+        upsert(records)
+
+    monkeypatch.setattr(router.history, "upsert", counted)
+    return sizes
+
+
+def test_outcomes_wait_and_are_written_together(make_router: RouterFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    router = make_router(history_batch_s=0.2, exploration=0)
+    before = router.history.count()
+    sizes = spy_upserts(router, monkeypatch)
+    decisions = [router.route(topic_prompt("chat", i)) for i in range(3)]
+    for decision in decisions:
+        router.record(decision.id, prompt_tokens=10, completion_tokens=20)
+    router.feedback(decisions[1].id, 0.25)  # scored while waiting: written with its score
+    assert sizes == [] and router.status().history_pending == 3
+    threading.Event().wait(0.3)  # the batch is due
+    router.route(topic_prompt("chat", 9))
+    assert sizes == [3]
+    assert router.history.count() == before + 3 and router.status().history_pending == 0
+    got = router.history._collection.get(ids=[decisions[1].id], include=["metadatas"])
+    assert got["metadatas"][0][f"q|{decisions[1].model}"] == 0.25
+
+
+def test_without_batching_each_outcome_is_written_when_recorded(
+    make_router: RouterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    router = make_router(exploration=0)
+    sizes = spy_upserts(router, monkeypatch)
+    decision = router.route(topic_prompt("chat", 1))
+    router.record(decision.id, prompt_tokens=10, completion_tokens=20)
+    assert sizes == [1] and router.status().history_pending == 0
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), 61.0, "soon"])
+def test_a_bad_batch_delay_is_refused_naming_the_field(bad: Any) -> None:
+    with pytest.raises(ValueError, match="history_batch_s"):
+        RouterConfig.from_dict({"deployments": [{"name": "a"}], "history_batch_s": bad})
