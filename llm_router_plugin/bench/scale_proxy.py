@@ -32,6 +32,8 @@ from llm_router_plugin.testing import ChromaServer
 
 #: The routed model group.
 GROUP = "chat"
+#: Outcomes written to the shared Chroma server once a second, as "Running several proxies" recommends.
+HISTORY_BATCH_S = 1.0
 #: The proxies' master key (loopback only).
 MASTER_KEY = "sk-bench-scale"
 
@@ -72,6 +74,7 @@ def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: Chroma
         "embedding_model": base.embedding_model, "chroma_host": chroma.host, "chroma_port": chroma.port,
         "warmup_queries": base.warmup_queries,
         "expected_queries": base.expected_queries,
+        "history_batch_s": HISTORY_BATCH_S,
     }
     if not routed:
         for deployment in model_list:

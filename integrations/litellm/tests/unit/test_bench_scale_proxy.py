@@ -30,6 +30,7 @@ def test_every_default_deployment_is_routed_with_its_price_and_budgets(tmp_path:
     assert settings["ledger"] == "redis://127.0.0.1:6399/0" and settings["ledger_namespace"] == "bench-scale-4w"
     assert (settings["chroma_host"], settings["chroma_port"]) == (chroma.host, chroma.port)
     assert settings["embedding_model"] == "hashing-384" and settings["expected_queries"] == 464
+    assert settings["history_batch_s"] == 1.0
 
 
 def test_the_baseline_is_the_same_proxy_without_the_router(tmp_path: Path) -> None:
