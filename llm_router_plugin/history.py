@@ -222,6 +222,7 @@ class ChromaHistory:
         self._exact: ExactIndex | None = None
         self._exact_checked = -math.inf
         self._written_seen = 0.0  # newest write time the caches hold
+        self._load_lock = threading.Lock()  # held while a cache is loaded from the store
         self._clusters: _ClusterStats | None = None
         self._merge_token: str | None = None
         self._merge_checked = time.monotonic()
@@ -467,11 +468,15 @@ class ChromaHistory:
         if index is not None and len(index) != total:
             self._catch_up(index)  # others' writes since the last look; an index that still differs is reloaded
         if index is None or len(index) != total:
-            try:
-                index = self._load_exact(total)
-            except Exception as exc:  # e.g. another process writing the embedded store meanwhile: HNSW answers
-                _log.warning("exact history index not loaded (%s); using Chroma's index for this query", exc)
-                return None
+            with self._load_lock:  # one load for the queries that arrive together, not one each
+                with self._lock:
+                    index = self._exact
+                if index is None or len(index) != total:
+                    try:
+                        index = self._load_exact(total)
+                    except Exception as exc:  # e.g. another process writing the embedded store: HNSW answers
+                        _log.warning("exact history index not loaded (%s); using Chroma's index for this query", exc)
+                        return None
         with self._lock:
             self._exact, self._exact_checked = index, now
         return index
@@ -608,23 +613,34 @@ class ChromaHistory:
         with self._lock:
             clusters = self._clusters
         if clusters is None or not clusters.matches(centres):
-            clusters = _ClusterStats(centres)
-            for offset in range(0, self.count(), _CHROMA_MAX_BATCH):
-                page = self._store().get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH,
-                                            offset=offset)
-                vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
-                clusters.add(vectors, page["metadatas"] or [None] * len(page["ids"]), +1)
-            with self._lock:
-                self._clusters = clusters
+            with self._load_lock:  # one scan for the queries that arrive together, not one each
+                with self._lock:
+                    clusters = self._clusters
+                if clusters is None or not clusters.matches(centres):
+                    clusters = self._scan_clusters(centres)
+                    with self._lock:
+                        self._clusters = clusters
         return clusters.arrays(profiles)
+
+    def _scan_clusters(self, centres: np.ndarray) -> _ClusterStats:
+        clusters = _ClusterStats(centres)
+        for offset in range(0, self.count(), _CHROMA_MAX_BATCH):
+            page = self._store().get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset)
+            vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
+            clusters.add(vectors, page["metadatas"] or [None] * len(page["ids"]), +1)
+        return clusters
 
     def _cached_stats(self) -> _Stats:
         with self._lock:
             stats = self._stats
         if stats is None:
-            stats = self._scan()
-            with self._lock:
-                self._stats = stats
+            with self._load_lock:  # one scan for the queries that arrive together, not one each
+                with self._lock:
+                    stats = self._stats
+                if stats is None:
+                    stats = self._scan()
+                    with self._lock:
+                        self._stats = stats
         return stats
 
     def _scan(self) -> _Stats:

@@ -84,12 +84,16 @@ def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: Chroma
             "callback_settings": {"llm_router": settings}, "general_settings": {"master_key": MASTER_KEY}}
 
 
-async def send(url: str, prompts: Sequence[str], concurrency: int) -> tuple[list[float], float, int]:
-    """Post every prompt to the proxy with ``concurrency`` requests in flight.
+async def send(url: str, warmup: Sequence[str], prompts: Sequence[str], concurrency: int
+               ) -> tuple[list[float], float, int]:
+    """Post the warm-up prompts, then (timed) every prompt, with ``concurrency`` requests in flight.
+
+    One client, so that the measured requests reuse the warm-up's connections: the kernel spread those over the
+    workers, and each worker has served (and built its router) before the clock starts.
 
     Returns:
-        Each answered request's latency (ms), the wall time of the whole batch (s), and the number of requests
-        that failed (a status other than 200, or no answer).
+        Each answered measured request's latency (ms), the wall time of the measured batch (s), and the number of
+        measured requests that failed (a status other than 200, or no answer).
     """
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -113,6 +117,9 @@ async def send(url: str, prompts: Sequence[str], concurrency: int) -> tuple[list
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=300, limits=limits,
                                  headers={"Authorization": f"Bearer {MASTER_KEY}"}) as client:
+        await asyncio.gather(*(ask(client, p) for p in warmup))
+        latencies.clear()
+        errors = 0
         start = time.perf_counter()
         await asyncio.gather(*(ask(client, p) for p in prompts))
         return latencies, time.perf_counter() - start, errors
@@ -148,8 +155,8 @@ def measure_proxy(workdir: Path, data: DataFile, upstream_url: str, redis_url: s
         adapter = LiteLLMAdapter.from_proxy_config(path)
         import_history(data, adapter.history, adapter.embedder)  # idempotent: the first worker count imports
     with LiteLLMProxy(path, log=workdir / "proxy.log", num_workers=workers, startup_timeout=300) as proxy:
-        asyncio.run(send(proxy.url, prompts[:warmup], options.concurrency))
-        latencies, seconds, errors = asyncio.run(send(proxy.url, prompts[warmup:], options.concurrency))
+        latencies, seconds, errors = asyncio.run(send(proxy.url, prompts[:warmup], prompts[warmup:],
+                                                      options.concurrency))
     return {"workers": workers, "routed": routed, "requests": options.requests, "concurrency": options.concurrency,
             "embedding": EMBEDDING_MODEL, "requests_per_s": len(latencies) / seconds,
             "latency_ms": summarize(latencies) if latencies else None, "errors": errors, "warmup_requests": warmup,

@@ -1,5 +1,6 @@
 """Exact neighbour search: the answer HNSW gives up on when history holds many identical vectors."""
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,36 @@ def test_another_process_s_writes_are_caught_up_without_reloading_everything(
     writer._store().add(ids=["unstamped"], embeddings=query, metadatas=[{"q|other": 1.0}])
     assert reader.neighbours(query, 2, ["other"]).ids[0][0] in {"theirs", "unstamped"}
     assert len(reader._exact_index() or []) == len(vectors) + 2
+
+
+def test_concurrent_first_queries_load_the_history_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy worker's first requests arrive together: each loading the whole history for itself multiplied the
+    # cold start by the number of requests in flight (22 s instead of 3 with 32 in flight).
+    vectors, query = crowded_history(n_duplicates=10, n_distinct=5)
+    store(tmp_path, vectors, exact_search_max=100)
+    fresh = ChromaHistory(tmp_path / "chroma-100", exact_search_max=100)  # a new process on the same store
+    loads: list[str] = []
+    for name in ("_load_exact", "_scan", "_scan_clusters"):
+        original = getattr(fresh, name)
+
+        def counted(*args: object, _original: object = original, _name: str = name) -> object:
+            loads.append(_name)
+            threading.Event().wait(0.05)  # a load takes a while: the others arrive meanwhile
+            return _original(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(fresh, name, counted)
+    centres = unit(np.random.default_rng(2).normal(size=(4, 32)))
+    barrier = threading.Barrier(8)
+
+    def first_query() -> None:
+        barrier.wait()
+        fresh.neighbours(query, 3, ["m"])
+        fresh.profile_means(["m"])
+        fresh.cluster_stats(centres, ["m"])
+
+    threads = [threading.Thread(target=first_query) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(loads) == ["_load_exact", "_scan", "_scan_clusters"]
