@@ -8,6 +8,7 @@ one top-k query returns everything the estimator needs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -335,19 +336,17 @@ class ChromaHistory:
             metadatas=[m or None for m in metadatas],
             documents=texts if all(t is not None for t in texts) else None,
         )
+        vectors = np.asarray([r.embedding for r in batch], dtype=np.float32)
         with self._lock:
-            if replaced:
-                # Replaced values cannot be subtracted cheaply: rescan on next use.
+            exact = self._exact
+            olds = [exact.metadata(r.id) if exact is not None and r.id in replaced else None for r in batch]
+            if any(r.id in replaced and old is None for r, old in zip(batch, olds, strict=True)):
+                # A replaced record whose old values are not in memory cannot be subtracted: rescan on next use.
                 self._stats = self._clusters = None
-            else:
-                if self._stats is not None:
-                    for meta in metadatas:
-                        self._stats.add(meta, +1)
-                    self._stats.records += len(batch)
-                if self._clusters is not None:
-                    self._clusters.add(np.asarray([r.embedding for r in batch]), metadatas, +1)
-            if self._exact is not None:
-                self._exact.upsert([r.id for r in batch], np.asarray([r.embedding for r in batch]), metadatas)
+            for vector, meta, old in zip(vectors, metadatas, olds, strict=True):
+                self._move_statistics(vector, old, meta)
+            if exact is not None:
+                exact.upsert([r.id for r in batch], vectors, metadatas)
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         """The subset of ``ids`` already stored."""
@@ -465,12 +464,17 @@ class ChromaHistory:
             with self._lock:
                 self._exact = None
             return None
-        if index is not None and len(index) != total:
-            self._catch_up(index)  # others' writes since the last look; an index that still differs is reloaded
         if index is None or len(index) != total:
             with self._load_lock:  # one load for the queries that arrive together, not one each
                 with self._lock:
                     index = self._exact
+                if index is not None and len(index) != total:
+                    # Others' writes since the last look; then the size again, for writes that landed meanwhile.
+                    # An index that still differs (records written without a write time, or deleted) is reloaded.
+                    self._catch_up(index)
+                    if len(index) != total:
+                        with contextlib.suppress(*STORE_UNREACHABLE):  # unreadable: the index is loaded again
+                            total = int(self._store().count())
                 if index is None or len(index) != total:
                     try:
                         index = self._load_exact(total)
@@ -544,15 +548,20 @@ class ChromaHistory:
             if old == meta:
                 return  # seen already (the catch-up looks back a little)
             index.upsert([record_id], vector[None, :], [meta])
-            if self._stats is not None:
-                if old is not None:
-                    self._stats.add(old, -1)
-                self._stats.add(meta, +1)
-                self._stats.records += old is None
-            if self._clusters is not None:
-                if old is not None:
-                    self._clusters.add(vector[None, :], [old], -1)
-                self._clusters.add(vector[None, :], [meta], +1)
+            self._move_statistics(vector, old, meta)
+
+    def _move_statistics(self, vector: np.ndarray, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
+        """Move the cached statistics from a record's old values (``None``: a new record) to its new ones; call with
+        ``_lock`` held."""
+        if self._stats is not None:
+            if old is not None:
+                self._stats.add(old, -1)
+            self._stats.add(new, +1)
+            self._stats.records += old is None
+        if self._clusters is not None:
+            if old is not None:
+                self._clusters.add(vector[None, :], [old], -1)
+            self._clusters.add(vector[None, :], [new], +1)
 
     def _load_exact(self, total: int) -> ExactIndex:
         ids: list[str] = []

@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 HISTORY_RETRY_S = 5.0
 #: Queued outcomes written per attempt (one Chroma call), so that a route never waits on a long backlog.
 HISTORY_RETRY_BATCH = 256
+#: Seconds a process may hold the decision log's history-writing turn (freed sooner when its batch is written).
+HISTORY_FLUSH_LEASE_S = 60.0
+_FLUSH_LEASE = "history-flush"
 #: Seconds between two attempts to settle the outcomes a ledger outage left unsettled (queued in the decision log).
 RECORD_RETRY_S = 5.0
 #: Queued outcomes settled per attempt.
@@ -84,6 +88,7 @@ class OutcomeRecorder:
         self._warn_learning = warn_learning
         self._history_retry_at = -math.inf
         self._history_retry_lock = threading.Lock()
+        self._owner = uuid.uuid4().hex  # this process's name for the decision log's leases
         self._settle_retry_at = -math.inf
         self._settle_retry_lock = threading.Lock()
 
@@ -326,28 +331,39 @@ class OutcomeRecorder:
             return
         try:
             self._history_retry_at = now + min(HISTORY_RETRY_S, self.config.history_batch_s or HISTORY_RETRY_S)
-            queued = [(logged, mark) for decision_id, mark in self.decisions.history_pending(HISTORY_RETRY_BATCH)
-                      if (logged := self.decisions.get(decision_id)) is not None]
-            if not queued:
+            # Processes sharing the decision log (workers of one host) take turns: two writing the same outcomes
+            # would double the store's work, and the second write replaces records instead of adding them.
+            if not self.decisions.acquire(_FLUSH_LEASE, self._owner, HISTORY_FLUSH_LEASE_S):
                 return
             try:
-                self.history.upsert([self._history_record(logged) for logged, _ in queued])
-            except STORE_UNREACHABLE as exc:  # still down: kept queued, tried again later
-                _log.info("%d queued history write(s) wait for the store: %s", len(queued), exc)
-                return
-            except Exception as exc:  # refused: kept queued (nothing is dropped), and said louder
-                _log.warning("%d queued history write(s) failed: %s", len(queued), exc)
-                return
-            for logged, mark in queued:
-                latest = self.decisions.get(logged.id)
-                if latest is not None and latest.outcome.get("quality") != logged.outcome.get("quality"):
-                    continue  # a score came in after the read (its own write may have landed first): written next
-                self.decisions.clear_history_pending(logged.id, mark)
-            # A batch is routine; outcomes an outage held back are worth a line.
-            _log.log(logging.DEBUG if self.config.history_batch_s else logging.INFO,
-                     "wrote %d queued outcome(s) to history", len(queued))
+                self._write_queued()
+            finally:
+                self.decisions.release(_FLUSH_LEASE, self._owner)
         finally:
             self._history_retry_lock.release()
+
+    def _write_queued(self) -> None:
+        """One batch of queued outcomes to history (see :meth:`_retry_history_writes`)."""
+        queued = [(logged, mark) for decision_id, mark in self.decisions.history_pending(HISTORY_RETRY_BATCH)
+                  if (logged := self.decisions.get(decision_id)) is not None]
+        if not queued:
+            return
+        try:
+            self.history.upsert([self._history_record(logged) for logged, _ in queued])
+        except STORE_UNREACHABLE as exc:  # still down: kept queued, tried again later
+            _log.info("%d queued history write(s) wait for the store: %s", len(queued), exc)
+            return
+        except Exception as exc:  # refused: kept queued (nothing is dropped), and said louder
+            _log.warning("%d queued history write(s) failed: %s", len(queued), exc)
+            return
+        for logged, mark in queued:
+            latest = self.decisions.get(logged.id)
+            if latest is not None and latest.outcome.get("quality") != logged.outcome.get("quality"):
+                continue  # a score came in after the read (its own write may have landed first): written next
+            self.decisions.clear_history_pending(logged.id, mark)
+        # A batch is routine; outcomes an outage held back are worth a line.
+        _log.log(logging.DEBUG if self.config.history_batch_s else logging.INFO,
+                 "wrote %d queued outcome(s) to history", len(queued))
 
     def _history_record(self, logged: LoggedDecision) -> HistoryRecord:
         """The history record of a recorded decision, from what the decision log holds now."""

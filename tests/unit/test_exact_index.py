@@ -151,3 +151,20 @@ def test_concurrent_first_queries_load_the_history_once(tmp_path: Path, monkeypa
     for thread in threads:
         thread.join()
     assert sorted(loads) == ["_load_exact", "_scan", "_scan_clusters"]
+
+
+def test_a_replaced_record_moves_the_statistics_without_a_rescan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vectors, query = crowded_history(n_duplicates=10, n_distinct=5)
+    history = store(tmp_path, vectors, exact_search_max=100)
+    history.neighbours(query, 3, ["m"])  # loads the index
+    assert history.profile_means(["m"])[0, 2] == pytest.approx(np.mean(range(15)))
+
+    def no_rescan(*args: object) -> None:
+        raise AssertionError("the whole history was scanned again")
+
+    monkeypatch.setattr(history, "_scan", no_rescan)
+    replaced = HistoryRecord(id="r00000", embedding=vectors[0], outcomes={"m": ModelOutcome(completion_tokens=150)})
+    history.upsert([replaced])
+    assert history.profile_means(["m"])[0, 2] == pytest.approx((sum(range(15)) + 150) / 15)

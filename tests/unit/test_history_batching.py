@@ -58,3 +58,22 @@ def test_without_batching_each_outcome_is_written_when_recorded(
 def test_a_bad_batch_delay_is_refused_naming_the_field(bad: Any) -> None:
     with pytest.raises(ValueError, match="history_batch_s"):
         RouterConfig.from_dict({"deployments": [{"name": "a"}], "history_batch_s": bad})
+
+
+def test_workers_sharing_a_decision_log_flush_it_one_at_a_time(
+    make_router: RouterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers writing the same batch: twice the Chroma work, and the second write replaces records, which made
+    # its process rescan the whole history.
+    router = make_router(history_batch_s=0.01, exploration=0)
+    sizes = spy_upserts(router, monkeypatch)
+    decision = router.route(topic_prompt("chat", 1))
+    router.record(decision.id, prompt_tokens=10, completion_tokens=20)
+    assert router.decisions.acquire("history-flush", "another-worker", 60.0)  # it is flushing the log
+    threading.Event().wait(0.05)
+    router.route(topic_prompt("chat", 2))
+    assert sizes == [] and router.status().history_pending == 1
+    router.decisions.release("history-flush", "another-worker")
+    threading.Event().wait(0.05)
+    router.route(topic_prompt("chat", 3))
+    assert sizes == [1] and router.status().history_pending == 0
