@@ -168,3 +168,23 @@ def test_a_replaced_record_moves_the_statistics_without_a_rescan(
     replaced = HistoryRecord(id="r00000", embedding=vectors[0], outcomes={"m": ModelOutcome(completion_tokens=150)})
     history.upsert([replaced])
     assert history.profile_means(["m"])[0, 2] == pytest.approx((sum(range(15)) + 150) / 15)
+
+
+def test_review_finding_2_a_record_written_between_index_load_and_stats_scan_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review finding 2: the catch-up adds a record to the statistics whenever the exact index lacks it, even when the
+    # statistics were scanned after the record was written (so they hold it already).
+    import llm_router_plugin.history as history_module
+
+    vectors, query = crowded_history(n_duplicates=10, n_distinct=5)
+    reader = store(tmp_path, vectors, exact_search_max=100)
+    reader.upsert([HistoryRecord(id="mine", embedding=vectors[0], outcomes={"other": ModelOutcome(quality=1.0)})])
+    reader.neighbours(query, 3, ["m"])  # loads the index; the statistics are not loaded yet
+    writer = ChromaHistory(tmp_path / "chroma-100", exact_search_max=100)  # another worker on the same store
+    writer.upsert([HistoryRecord(id="theirs", embedding=query[0], outcomes={"other": ModelOutcome(quality=0.2)})])
+    assert reader.profile_means(["other"])[0, 0] == pytest.approx(0.6)  # scans the statistics: "theirs" is in them
+    monkeypatch.setattr(history_module, "EXACT_RECHECK_S", 0.0)
+    reader.neighbours(query, 1, ["other"])  # catches up on "theirs"
+    assert reader.profile_means(["other"])[0, 0] == pytest.approx(0.6)  # (1.0 + 0.2) / 2, not (1.0 + 0.2 + 0.2) / 3
+    assert reader.count() == len(vectors) + 2
