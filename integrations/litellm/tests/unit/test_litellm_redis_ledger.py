@@ -173,3 +173,17 @@ def test_the_proxy_callback_serves_on_litellms_redis(tmp_path: Path, password_re
     callback = ProxyCallback()
     callback.validate_proxy_config(str(config))
     assert address(callback.adapter) == (password_redis.host, password_redis.port)
+
+
+def test_review_finding_5_feedback_on_a_local_decision_is_taken_while_redis_is_down(
+    settings: dict[str, Any], tmp_path: Path
+) -> None:
+    # Review finding 5: the adapter asks each group in turn whether it knows the decision; the first group ("chat")
+    # asks Redis, and its LedgerUnavailableError stops the search before the group whose own decision log holds it.
+    with RedisServer(tmp_path / "redis") as server:
+        adapter = LiteLLMAdapter(two_groups, redis_settings(settings, server.url))
+        seed_history(adapter)
+        decision_id = routed(adapter, "code", MATH)
+        assert adapter.router("chat") is not None
+        server.kill()
+    assert adapter.feedback(decision_id, 0.9) == "code"
