@@ -209,3 +209,35 @@ def test_a_router_with_the_fallback_keeps_routing_while_redis_is_down(
     with restarted(folder, url):
         assert spent(router, "big") == 100 + 200 + 300
         assert spent(strict, "big") == 600  # another router on the namespace sees it all
+
+
+def test_review_finding_1_a_settlement_racing_another_process_s_replay_reaches_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review finding 1: worker A (Redis up) settles a hold worker B made during the outage. Redis does not know it yet
+    # (B's reserve is still queued), so A turns to the local file; if B replays its queue and empties the local ledger
+    # (forget_replayed) in between, A finds nothing there either, queues nothing, and the actual spend never reaches
+    # Redis: the replayed hold sits there until it expires and is charged at the reserved amount instead.
+    namespace, folder, path = f"test-{uuid.uuid4().hex}", tmp_path / "redis", tmp_path / "fallback.sqlite3"
+    with redis_server(folder, persist=True) as url:
+        worker_a = FailoverLedger(lambda: RedisLedger(url, namespace=namespace), FallbackLedger(path),
+                                  namespace=namespace, probe_interval_s=3600.0)  # A checks no more: Redis stays up
+        worker_b = failover(url, namespace, path)
+        worker_a.usage("big", 0)
+    assert worker_b.try_reserve(hold("x", 100))  # B during the outage: held locally, queued
+    with restarted(folder, url):
+        original = RedisLedger.settle
+        replayed: list[bool] = []
+
+        def settle_then_b_replays(self: RedisLedger, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            if not replayed:  # B's next call, between A's two looks: B replays its queue and forgets its local holds
+                replayed.append(True)
+                worker_b.usage("big", 0)
+            return result
+
+        monkeypatch.setattr(RedisLedger, "settle", settle_then_b_replays)
+        worker_a.settle("x", used(150))
+        monkeypatch.undo()
+        worker_b.usage("big", 0)  # anything still queued reaches Redis
+        assert redis_usage(url, namespace) == ({"tokens": 150.0, "usd": 0.0}, {"tokens": 0.0, "usd": 0.0})
