@@ -187,3 +187,20 @@ def test_review_finding_5_feedback_on_a_local_decision_is_taken_while_redis_is_d
         assert adapter.router("chat") is not None
         server.kill()
     assert adapter.feedback(decision_id, 0.9) == "code"
+
+
+def test_review_finding_4_litellms_redis_password_reaches_the_shared_learning_state(
+    tmp_path: Path, password_redis: RedisServer
+) -> None:
+    # Review finding 4: the password written in router_settings goes to the ledger only; the learning store on the same
+    # Redis connects without it, so the solve lease is never taken and the group never leaves the warm-up.
+    config = proxy_config(tmp_path, {"redis_host": password_redis.host, "redis_port": str(password_redis.port),
+                                     "redis_password": PASSWORD}, warmup_queries=5)
+    adapter = LiteLLMAdapter.from_proxy_config(config)
+    seed_history(adapter)
+    for i in range(6):
+        routed(adapter, "chat", f"{CHAT} {i}")
+    chat = adapter.router("chat")
+    assert chat is not None
+    assert chat.learning.count() == 6
+    assert chat.status().phase == "learned"
