@@ -188,3 +188,27 @@ def test_review_finding_2_a_record_written_between_index_load_and_stats_scan_is_
     reader.neighbours(query, 1, ["other"])  # catches up on "theirs"
     assert reader.profile_means(["other"])[0, 0] == pytest.approx(0.6)  # (1.0 + 0.2) / 2, not (1.0 + 0.2 + 0.2) / 3
     assert reader.count() == len(vectors) + 2
+
+
+def test_review_finding_2b_a_query_s_catch_up_during_a_write_of_this_store_counts_the_record_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review finding 2b: a query thread's catch-up runs without the write lock, so it can read a record this store just
+    # wrote (Chroma has it) before the writing thread moves the statistics: both add it.
+    import llm_router_plugin.history as history_module
+
+    vectors, query = crowded_history(n_duplicates=10, n_distinct=5)
+    history = store(tmp_path, vectors, exact_search_max=100)
+    history.neighbours(query, 3, ["m"])  # loads the index
+    history.profile_means(["m"])  # and the statistics
+    monkeypatch.setattr(history_module, "EXACT_RECHECK_S", 0.0)
+    collection = history._store()
+    upsert = collection.upsert
+
+    def upsert_then_a_query_arrives(*args: object, **kwargs: object) -> None:
+        upsert(*args, **kwargs)
+        history.neighbours(query, 1, ["m"])  # another thread's route, between the write and its statistics
+
+    monkeypatch.setattr(collection, "upsert", upsert_then_a_query_arrives)
+    history.upsert([HistoryRecord(id="new", embedding=query[0], outcomes={"m": ModelOutcome(quality=1.0)})])
+    assert history.count() == len(vectors) + 1
