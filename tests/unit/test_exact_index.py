@@ -212,3 +212,26 @@ def test_review_finding_2b_a_query_s_catch_up_during_a_write_of_this_store_count
     monkeypatch.setattr(collection, "upsert", upsert_then_a_query_arrives)
     history.upsert([HistoryRecord(id="new", embedding=query[0], outcomes={"m": ModelOutcome(quality=1.0)})])
     assert history.count() == len(vectors) + 1
+
+
+def test_review_finding_3_a_merge_by_a_host_whose_clock_lags_reaches_the_other_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review finding 3: a merge token change used to drop the caches; now the catch-up reads records by write time,
+    # and a merge stamped by a host whose clock is more than CATCH_UP_SLACK_S behind is never read: the cached
+    # neighbour outcome keeps the old score for good (the record count is unchanged, so nothing reloads).
+    import time
+    import types
+
+    import llm_router_plugin.history as history_module
+
+    vectors, query = crowded_history(n_duplicates=10, n_distinct=5)
+    reader = store(tmp_path, vectors, exact_search_max=100)
+    nearest = reader.neighbours(query, 1, ["m"]).ids[0][0]
+    writer = ChromaHistory(tmp_path / "chroma-100", exact_search_max=100)  # a worker on another host
+    lagging = types.SimpleNamespace(time=lambda: time.time() - 60, monotonic=time.monotonic)
+    monkeypatch.setattr(history_module, "time", lagging)
+    writer.update_outcome(nearest, "m", ModelOutcome(quality=0.9))  # feedback taken on the lagging host
+    monkeypatch.setattr(history_module, "time", time)
+    monkeypatch.setattr(history_module, "EXACT_RECHECK_S", 0.0)
+    assert reader.neighbours(query, 1, ["m"]).outcomes[0, 0, 0, 0] == pytest.approx(0.9)
