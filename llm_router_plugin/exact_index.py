@@ -71,6 +71,10 @@ class ExactIndex:
         row = self._row.get(record_id)
         return None if row is None else self._metas[row]
 
+    def rows(self) -> tuple[np.ndarray, list[Mapping[str, Any]]]:
+        """Every record's embedding (shape ``(len, dimension)``) and metadata, in insertion order."""
+        return self._buffer[: len(self._ids)], list(self._metas)
+
     def merge_metadata(self, record_id: str, fields: Mapping[str, Any]) -> None:
         """Update some metadata fields of a record (no-op for an unknown id)."""
         row = self._row.get(record_id)

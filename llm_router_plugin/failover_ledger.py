@@ -314,7 +314,10 @@ class FailoverLedger:
                 local = self._local.settle(decision_id, actual, now)
                 if local is not None:
                     self._local.enqueue({"op": "settle", "id": decision_id, "actual": dict(actual)})
-                return local
+                    return local
+                # Gone from here too: another process replayed it into the primary meanwhile (it forgets its local
+                # holds once they are there), so the primary has it now.
+                return self._settle_primary_again(primary, decision_id, actual, now)
         local = self._local.settle(decision_id, actual, now)
         self._local.enqueue({"op": "settle", "id": decision_id, "actual": dict(actual)})
         return local
@@ -335,11 +338,29 @@ class FailoverLedger:
             else:
                 # Unknown to the primary: a hold made here whose replay is still queued (by another process).
                 if not self._local.release(decision_id):
-                    return False
+                    # Or replayed into the primary meanwhile by another process, which then forgot it here.
+                    return self._release_primary_again(primary, decision_id)
         else:
             self._local.release(decision_id)
         self._local.enqueue({"op": "release", "id": decision_id})
         return True
+
+    def _settle_primary_again(self, primary: RedisLedger, decision_id: str, actual: Mapping[str, float],
+                              now: float | None) -> Settlement | None:
+        try:
+            return primary.settle(decision_id, actual, now)
+        except LedgerUnavailableError as exc:  # gone again: queued for it, like any settlement during an outage
+            self._outage(exc)
+            self._local.enqueue({"op": "settle", "id": decision_id, "actual": dict(actual)})
+            return None
+
+    def _release_primary_again(self, primary: RedisLedger, decision_id: str) -> bool:
+        try:
+            return primary.release(decision_id)
+        except LedgerUnavailableError as exc:
+            self._outage(exc)
+            self._local.enqueue({"op": "release", "id": decision_id})
+            return True
 
     def usage(
         self, deployment: str, window: int, now: float | None = None

@@ -339,7 +339,8 @@ class ChromaHistory:
         vectors = np.asarray([r.embedding for r in batch], dtype=np.float32)
         with self._lock:
             exact = self._exact
-            olds = [exact.metadata(r.id) if exact is not None and r.id in replaced else None for r in batch]
+            # The index knows a record a query's catch-up read between the write above and this update: its old values.
+            olds = [exact.metadata(r.id) if exact is not None else None for r in batch]
             if any(r.id in replaced and old is None for r, old in zip(batch, olds, strict=True)):
                 # A replaced record whose old values are not in memory cannot be subtracted: rescan on next use.
                 self._stats = self._clusters = None
@@ -481,6 +482,13 @@ class ChromaHistory:
                     except Exception as exc:  # e.g. another process writing the embedded store: HNSW answers
                         _log.warning("exact history index not loaded (%s); using Chroma's index for this query", exc)
                         return None
+                    # The statistics come from the same snapshot, so that the catch-up adds each record to both once.
+                    stats = _Stats()
+                    for meta in index.rows()[1]:
+                        stats.add(meta, +1)
+                    stats.records = len(index)
+                    with self._lock:
+                        self._stats, self._clusters = stats, None
         with self._lock:
             self._exact, self._exact_checked = index, now
         return index
@@ -633,6 +641,12 @@ class ChromaHistory:
 
     def _scan_clusters(self, centres: np.ndarray) -> _ClusterStats:
         clusters = _ClusterStats(centres)
+        with self._lock:
+            index = self._exact
+        if index is not None:  # the exact index's snapshot: what its catch-ups keep up to date
+            vectors, metas = index.rows()
+            clusters.add(vectors, metas, +1)
+            return clusters
         for offset in range(0, self.count(), _CHROMA_MAX_BATCH):
             page = self._store().get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset)
             vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
@@ -642,6 +656,10 @@ class ChromaHistory:
     def _cached_stats(self) -> _Stats:
         with self._lock:
             stats = self._stats
+        if stats is None and self._exact_max > 0:
+            self._exact_index()  # a history small enough for the exact index: statistics from its snapshot
+            with self._lock:
+                stats = self._stats
         if stats is None:
             with self._load_lock:  # one scan for the queries that arrive together, not one each
                 with self._lock:

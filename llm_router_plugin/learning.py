@@ -175,12 +175,15 @@ class DualState:
         self._loaded_at = time.monotonic()
 
 
-def open_learning_store(config: RouterConfig, decisions: DecisionLog) -> LearningStore:
+def open_learning_store(config: RouterConfig, decisions: DecisionLog, *, password: str | None = None
+                        ) -> LearningStore:
     """The learning store that goes with the config's ledger: the decision log (SQLite), or the Redis namespace.
 
     Args:
         config: the router config (``ledger``, ``ledger_namespace``, ``ledger_password_env``).
         decisions: the router's decision log.
+        password: the Redis password when it comes from elsewhere than ``ledger_password_env`` (as for
+            :func:`~llm_router_plugin.budget.open_ledger`); it overrides that variable.
 
     Returns:
         The store (a Redis one connects on first use).
@@ -192,5 +195,7 @@ def open_learning_store(config: RouterConfig, decisions: DecisionLog) -> Learnin
         return SQLiteLearningStore(decisions)
     from llm_router_plugin.redis_learning import RedisLearningStore  # the redis client is loaded only when used
 
-    return RedisLearningStore(config.ledger, namespace=config.ledger_namespace,
-                              password=ledger_password(config.ledger_password_env), sample_size=SAMPLE_SIZE)
+    if password is None:
+        password = ledger_password(config.ledger_password_env)
+    return RedisLearningStore(config.ledger, namespace=config.ledger_namespace, password=password,
+                              sample_size=SAMPLE_SIZE)

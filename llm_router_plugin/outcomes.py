@@ -353,9 +353,8 @@ class OutcomeRecorder:
         except STORE_UNREACHABLE as exc:  # still down: kept queued, tried again later
             _log.info("%d queued history write(s) wait for the store: %s", len(queued), exc)
             return
-        except Exception as exc:  # refused: kept queued (nothing is dropped), and said louder
-            _log.warning("%d queued history write(s) failed: %s", len(queued), exc)
-            return
+        except Exception:  # refused: one outcome the store cannot take must not hold back the others
+            queued = self._write_one_by_one(queued)
         for logged, mark in queued:
             latest = self.decisions.get(logged.id)
             if latest is not None and latest.outcome.get("quality") != logged.outcome.get("quality"):
@@ -364,6 +363,27 @@ class OutcomeRecorder:
         # A batch is routine; outcomes an outage held back are worth a line.
         _log.log(logging.DEBUG if self.config.history_batch_s else logging.INFO,
                  "wrote %d queued outcome(s) to history", len(queued))
+
+    def _write_one_by_one(self, queued: list[tuple[LoggedDecision, int]]) -> list[tuple[LoggedDecision, int]]:
+        """Write a refused batch's outcomes one at a time, giving up those the store refuses alone (they stay in the
+        decision log; a warning names them).
+
+        Returns:
+            The outcomes written; if the store goes away meanwhile, those not tried yet stay queued.
+        """
+        written: list[tuple[LoggedDecision, int]] = []
+        for logged, mark in queued:
+            try:
+                self.history.upsert([self._history_record(logged)])
+            except STORE_UNREACHABLE:
+                return written  # the store went away: the rest stays queued
+            except Exception as exc:
+                _log.warning("history refused the outcome of decision %s, which is not learned (it stays in the "
+                             "decision log): %s", logged.id, exc)
+                self.decisions.clear_history_pending(logged.id, mark)
+                continue
+            written.append((logged, mark))
+        return written
 
     def _history_record(self, logged: LoggedDecision) -> HistoryRecord:
         """The history record of a recorded decision, from what the decision log holds now."""

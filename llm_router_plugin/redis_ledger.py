@@ -35,10 +35,12 @@ import redis
 from llm_router_plugin.budget import UNITS, Reservation, Settlement
 from llm_router_plugin.errors import LedgerUnavailableError
 
-# What the client raises when the server cannot answer (refused, reset, timed out, loading, no master): budgets cannot
+# What the client raises when the server cannot answer (refused, reset, timed out, loading, no master, read-only):
+# budgets cannot
 # be checked. Other errors (a script bug, a wrong type) are not outages and stay as they are.
 UNREACHABLE: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ClusterDownError,
+    redis.exceptions.ReadOnlyError,  # a replica that took over and refuses writes: the ledger cannot be changed
 )
 
 # Shared by the scripts. Amounts stay text in Redis and the arithmetic is Lua's (doubles, like SQLite's REAL): Lua's

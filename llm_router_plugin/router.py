@@ -211,6 +211,8 @@ class Router:
         profile_set: overrides the profile set the config names.
         estimator: overrides the k-NN estimator built from the history and the profile set's centres.
         clock: epoch-seconds clock (tests and replays pass their own).
+        ledger_password: the Redis password of the ledger and the shared learning state when it does not come from
+            ``ledger_password_env`` (the LiteLLM proxy's ``router_settings.redis_password``); never part of the config.
 
     Example:
         >>> router = Router.from_config("router.yaml")  # doctest: +SKIP
@@ -230,6 +232,7 @@ class Router:
         profile_set: ProfileSet | None = None,
         estimator: Estimator | None = None,
         clock: Callable[[], float] = time.time,
+        ledger_password: str | None = None,
     ) -> None:
         self.config = config
         self.embedder = embedder or make_embedder(
@@ -237,9 +240,10 @@ class Router:
         )
         data_dir = Path(config.data_dir)
         self.history = history or ChromaHistory.from_config(config)
-        self.ledger: BudgetLedger = ledger or open_ledger(config)
+        self.ledger: BudgetLedger = ledger or open_ledger(config, password=ledger_password)
         self.decisions = decisions or DecisionLog(data_dir / "ledger.sqlite3")
-        self.learning: LearningStore = learning or open_learning_store(config, self.decisions)
+        self.learning: LearningStore = learning or open_learning_store(config, self.decisions,
+                                                                       password=ledger_password)
         if profile_set is None:
             profile_set = _load_profile_set(config.profile_set)
         if profile_set.embedding_model != self.embedder.name:

@@ -211,10 +211,10 @@ def test_a_router_with_the_fallback_keeps_routing_while_redis_is_down(
         assert spent(strict, "big") == 600  # another router on the namespace sees it all
 
 
-def test_review_finding_1_a_settlement_racing_another_process_s_replay_reaches_redis(
+def test_a_settlement_racing_another_process_s_replay_reaches_redis(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Review finding 1: worker A (Redis up) settles a hold worker B made during the outage. Redis does not know it yet
+    # worker A (Redis up) settles a hold worker B made during the outage. Redis does not know it yet
     # (B's reserve is still queued), so A turns to the local file; if B replays its queue and empties the local ledger
     # (forget_replayed) in between, A finds nothing there either, queues nothing, and the actual spend never reaches
     # Redis: the replayed hold sits there until it expires and is charged at the reserved amount instead.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
 from llm_router_plugin import Router, RouterConfig
@@ -77,3 +79,23 @@ def test_workers_sharing_a_decision_log_flush_it_one_at_a_time(
     threading.Event().wait(0.05)
     router.route(topic_prompt("chat", 3))
     assert sizes == [1] and router.status().history_pending == 0
+
+
+def test_an_outcome_the_store_refuses_does_not_hold_back_the_others(
+    make_router: RouterFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    router = make_router(history_batch_s=0.01, exploration=0)
+    good = router.route(topic_prompt("chat", 1))
+    router.record(good.id, prompt_tokens=10, completion_tokens=20)
+    # An outcome no history can take (an embedding of another width, from a config changed under a running log).
+    router.decisions.add("bad", "small", "small-model", "learned", np.ones(3, dtype=np.float32), None, {})
+    router.decisions.close_decision("bad", "recorded", {"prompt_tokens": 1, "completion_tokens": 1, "quality": None,
+                                                        "cost_usd": 0.0})
+    router.decisions.mark_history_pending("bad")
+    before = router.history.count()
+    threading.Event().wait(0.05)
+    with caplog.at_level(logging.WARNING, logger="llm_router_plugin"):
+        router.route(topic_prompt("chat", 2))
+    assert router.history.count() == before + 1  # the good one is written
+    assert router.status().history_pending == 0  # the refused one is given up, with a warning naming it
+    assert "bad" in caplog.text and "not learned" in caplog.text

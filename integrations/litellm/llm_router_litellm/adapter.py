@@ -54,7 +54,6 @@ import litellm
 import yaml
 from litellm.exceptions import RateLimitErrorCategory, RateLimitType
 
-from llm_router_plugin.budget import open_ledger
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.embedding import Embedder, make_embedder
 from llm_router_plugin.errors import (
@@ -392,8 +391,7 @@ class LiteLLMAdapter:
             "ledger_namespace": f"{self.settings.ledger_namespace}:{label}",
             "deployments": [deployment_config(d).model_dump() for d in members],
         })
-        return Router(config, embedder=self.embedder, history=self.history,
-                      ledger=open_ledger(config, password=self._ledger_password))
+        return Router(config, embedder=self.embedder, history=self.history, ledger_password=self._ledger_password)
 
     # ----------------------------------------------------------------------------------------------- routing
 
@@ -545,15 +543,31 @@ class LiteLLMAdapter:
 
         Raises:
             UnknownDecisionError: no routed group made that decision.
+            LedgerUnavailableError: the decision is not this proxy's, and a group's shared learning state (Redis)
+                cannot be read to find another proxy's.
             ValueError: quality outside [0, 1] (or not a number), or the decision's call failed (the message names
                 the argument).
         """
         quality = score("quality", quality)  # before any lookup: a bad score is refused whatever the id
-        for group in dict.fromkeys(str(d.get("model_name")) for d in self._model_list()):
-            router = self.router(group)
-            if router is not None and router.knows(decision_id):
+        routers = [(group, router) for group in dict.fromkeys(str(d.get("model_name")) for d in self._model_list())
+                   if (router := self.router(group)) is not None]
+        # This proxy's own decisions first: they need no shared state, so a Redis outage does not stop them.
+        for group, router in routers:
+            if router.decisions.get(decision_id) is not None:
                 router.feedback(decision_id, quality)
                 return group
+        unreachable: LedgerUnavailableError | None = None
+        for group, router in routers:  # then another proxy's, through each group's shared learning state
+            try:
+                known = router.knows(decision_id)
+            except LedgerUnavailableError as exc:
+                unreachable = exc
+                continue
+            if known:
+                router.feedback(decision_id, quality)
+                return group
+        if unreachable is not None:
+            raise unreachable  # it may be another proxy's decision: that cannot be told now
         raise UnknownDecisionError(f"decision_id: unknown decision {decision_id!r}")
 
     async def afeedback(self, decision_id: str, quality: float) -> str:

@@ -231,6 +231,8 @@ class ProxyCallback(OutcomeLogger):
             await self.adapter.afeedback(decision_id, quality)
         except UnknownDecisionError:
             return _error(404, "decision_id", f"no routed request has decision {decision_id!r}")
+        except LedgerUnavailableError as exc:  # another proxy's decision, maybe: the shared state cannot be read
+            return _error(503, "ledger", str(exc))
         except ValueError as exc:  # the router's messages start with the argument's name
             field, _, message = str(exc).partition(": ")
             if field not in ("decision_id", "quality"):

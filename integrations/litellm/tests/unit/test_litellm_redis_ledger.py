@@ -175,10 +175,10 @@ def test_the_proxy_callback_serves_on_litellms_redis(tmp_path: Path, password_re
     assert address(callback.adapter) == (password_redis.host, password_redis.port)
 
 
-def test_review_finding_5_feedback_on_a_local_decision_is_taken_while_redis_is_down(
+def test_feedback_on_a_local_decision_is_taken_while_redis_is_down(
     settings: dict[str, Any], tmp_path: Path
 ) -> None:
-    # Review finding 5: the adapter asks each group in turn whether it knows the decision; the first group ("chat")
+    # the adapter asks each group in turn whether it knows the decision; the first group ("chat")
     # asks Redis, and its LedgerUnavailableError stops the search before the group whose own decision log holds it.
     with RedisServer(tmp_path / "redis") as server:
         adapter = LiteLLMAdapter(two_groups, redis_settings(settings, server.url))
@@ -189,10 +189,10 @@ def test_review_finding_5_feedback_on_a_local_decision_is_taken_while_redis_is_d
     assert adapter.feedback(decision_id, 0.9) == "code"
 
 
-def test_review_finding_4_litellms_redis_password_reaches_the_shared_learning_state(
+def test_litellms_redis_password_reaches_the_shared_learning_state(
     tmp_path: Path, password_redis: RedisServer
 ) -> None:
-    # Review finding 4: the password written in router_settings goes to the ledger only; the learning store on the same
+    # the password written in router_settings goes to the ledger only; the learning store on the same
     # Redis connects without it, so the solve lease is never taken and the group never leaves the warm-up.
     config = proxy_config(tmp_path, {"redis_host": password_redis.host, "redis_port": str(password_redis.port),
                                      "redis_password": PASSWORD}, warmup_queries=5)
