@@ -13,6 +13,7 @@ The SQLite backend keeps everything in one file: it survives restarts and is saf
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from llm_router_plugin.config import RouterConfig
 
 UNITS = ("tokens", "usd")
+_log = logging.getLogger("llm_router_plugin")
 
 
 @dataclass(frozen=True)
@@ -419,6 +421,10 @@ def open_ledger(config: RouterConfig, *, password: str | None = None) -> BudgetL
     if config.ledger_fallback == "none":
         return connect()
     from llm_router_plugin.failover_ledger import FailoverLedger, FallbackLedger
+
+    if config.ledger_fallback_share >= 1.0:
+        _log.warning("ledger_fallback: local with ledger_fallback_share 1: while Redis is away each host may spend all "
+                     "that was left of a budget; with N hosts set ledger_fallback_share to 1/N")
 
     return FailoverLedger(
         connect, FallbackLedger(Path(config.data_dir) / "ledger-fallback.sqlite3"),

@@ -241,3 +241,19 @@ def test_a_settlement_racing_another_process_s_replay_reaches_redis(
         monkeypatch.undo()
         worker_b.usage("big", 0)  # anything still queued reaches Redis
         assert redis_usage(url, namespace) == ({"tokens": 150.0, "usd": 0.0}, {"tokens": 0.0, "usd": 0.0})
+
+
+def test_a_fallback_at_the_whole_budget_is_pointed_out_at_start(
+    tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Several hosts, each allowed all that is left while Redis is away, may spend that many times over.
+    base = {"deployments": [{"name": "d"}], "ledger": redis_url, "ledger_fallback": "local"}
+    with caplog.at_level(logging.WARNING, logger="llm_router_plugin"):
+        open_ledger(RouterConfig.from_dict({**base, "data_dir": str(tmp_path / "a"),
+                                            "ledger_namespace": f"test-{uuid.uuid4().hex}"}))
+    assert "ledger_fallback_share" in caplog.text and "1/N" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llm_router_plugin"):
+        open_ledger(RouterConfig.from_dict({**base, "data_dir": str(tmp_path / "b"), "ledger_fallback_share": 0.5,
+                                            "ledger_namespace": f"test-{uuid.uuid4().hex}"}))
+    assert "ledger_fallback_share" not in caplog.text
