@@ -12,37 +12,32 @@ neighbours, ties broken by insertion order, in every process (a few milliseconds
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 
 class ExactIndex:
-    """Record ids, normalised embeddings and metadata, searched by exact cosine similarity.
+    """Record ids and normalised embeddings, searched by exact cosine similarity.
 
     Args:
         ids: record ids.
         embeddings: their normalised embeddings, shape ``(len(ids), dimension)``.
-        metadatas: their metadata (the outcome fields).
     """
 
-    def __init__(self, ids: Sequence[str], embeddings: np.ndarray, metadatas: Sequence[Mapping[str, Any] | None]
-                 ) -> None:
-        if not len(ids) == len(embeddings) == len(metadatas):
-            raise ValueError("ids/embeddings/metadatas: need one of each per record")
+    def __init__(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
+        if len(ids) != len(embeddings):
+            raise ValueError("ids/embeddings: need one embedding per record")
         self._row = {record_id: row for row, record_id in enumerate(ids)}
         self._ids = list(ids)
         # Rows beyond len(ids) are spare capacity: learning one record at a time must not copy the whole matrix.
         vectors = np.asarray(embeddings, dtype=np.float32)
         self._buffer = vectors.reshape(len(ids), -1) if len(ids) else np.zeros((0, 0), np.float32)
-        self._metas: list[Mapping[str, Any]] = [dict(m or {}) for m in metadatas]
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def upsert(self, ids: Sequence[str], embeddings: np.ndarray, metadatas: Sequence[Mapping[str, Any] | None]
-               ) -> None:
+    def upsert(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
         """Insert records, or replace those whose id is already present."""
         vectors = np.asarray(embeddings, dtype=np.float32).reshape(len(ids), -1)
         for i, record_id in enumerate(ids):
@@ -50,10 +45,8 @@ class ExactIndex:
             if row is None:
                 row = self._row[record_id] = len(self._ids)
                 self._ids.append(record_id)
-                self._metas.append({})
                 self._reserve(row + 1, vectors.shape[1])
             self._buffer[row] = vectors[i]
-            self._metas[row] = dict(metadatas[i] or {})
 
     def _reserve(self, rows: int, dimension: int) -> None:
         """Make room for ``rows`` rows of ``dimension``, doubling the buffer when it is full."""
@@ -66,24 +59,11 @@ class ExactIndex:
             grown[: len(self._buffer)] = self._buffer
             self._buffer = grown
 
-    def metadata(self, record_id: str) -> Mapping[str, Any] | None:
-        """A record's metadata (``None`` for an unknown id)."""
-        row = self._row.get(record_id)
-        return None if row is None else self._metas[row]
+    def rows(self) -> tuple[list[str], np.ndarray]:
+        """Every record's id and embedding (shape ``(len, dimension)``), in insertion order."""
+        return list(self._ids), self._buffer[: len(self._ids)]
 
-    def rows(self) -> tuple[np.ndarray, list[Mapping[str, Any]]]:
-        """Every record's embedding (shape ``(len, dimension)``) and metadata, in insertion order."""
-        return self._buffer[: len(self._ids)], list(self._metas)
-
-    def merge_metadata(self, record_id: str, fields: Mapping[str, Any]) -> None:
-        """Update some metadata fields of a record (no-op for an unknown id)."""
-        row = self._row.get(record_id)
-        if row is not None:
-            self._metas[row] = {**self._metas[row], **fields}
-
-    def search(
-        self, embeddings: np.ndarray, k: int
-    ) -> tuple[list[list[str]], np.ndarray, list[list[Mapping[str, Any]]]]:
+    def search(self, embeddings: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
         """The ``k`` most similar records of each query, most similar first (ties: the earlier inserted first).
 
         Args:
@@ -91,11 +71,10 @@ class ExactIndex:
             k: records per query (fewer when the index is smaller).
 
         Returns:
-            Per query: the ids, the similarities (shape ``(n, min(k, len))``) and the metadata of the records.
+            Per query the ids, and the similarities (shape ``(n, min(k, len))``).
         """
         width = min(k, len(self._ids))
         similarity = np.atleast_2d(np.asarray(embeddings, dtype=np.float32)) @ self._buffer[: len(self._ids)].T
         top = np.argsort(-similarity, axis=1, kind="stable")[:, :width]  # stable: ties in insertion order
         sims = np.take_along_axis(similarity, top, axis=1).astype(float)
-        return ([[self._ids[i] for i in row] for row in top], sims,
-                [[self._metas[i] for i in row] for row in top])
+        return [[self._ids[i] for i in row] for row in top], sims

@@ -2,20 +2,23 @@
 
 One record is one past query: its embedding, optionally its text and task label, and per *model profile* the
 outcome of sending it there (quality in [0, 1], prompt and completion tokens, cost in USD; any may be missing).
-Outcomes are flat Chroma metadata fields ``q|<profile>``, ``pt|<profile>``, ``ct|<profile>``, ``usd|<profile>``, so
-one top-k query returns everything the estimator needs.
+In Chroma, a record's outcomes are one JSON metadata field (:data:`OUTCOMES`: profile → the four values, ``null``
+where missing); stores written by earlier releases hold flat fields ``q|<profile>``, ``pt|<profile>`` … and are read
+as well. A copy of every record's outcomes, and their running statistics, is kept in a local
+:class:`~llm_router_plugin.outcome_table.OutcomeTable`, so that a neighbour query asks Chroma for ids and distances
+only, and the means over a million records are there when the first query arrives.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import math
 import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,12 +31,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llm_router_plugin._files import private_dir
 from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.exact_index import ExactIndex
+from llm_router_plugin.outcome_table import FIELDS as FIELDS
+from llm_router_plugin.outcome_table import OutcomeTable
 
 _log = logging.getLogger("llm_router_plugin")
 
-#: Outcome fields, in the order of the last axis of :attr:`Neighbours.outcomes`.
-FIELDS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
+#: Flat metadata fields of earlier releases, one per outcome field and profile: ``<prefix>|<profile>``.
 _PREFIX = {"quality": "q", "prompt_tokens": "pt", "completion_tokens": "ct", "cost_usd": "usd"}
+#: Metadata field holding a record's outcomes as JSON: ``{profile: [quality, prompt, completion, usd]}``. One field,
+#: not 44: Chroma writes a metadata row per field, and writes four times fewer rows this way (import speed).
+OUTCOMES = "outcomes"
+#: Records per Chroma call when the client does not say its maximum.
 _CHROMA_MAX_BATCH = 5000
 #: Metadata field with the epoch seconds a record was last written through a store object: other processes read the
 #: records written since they last looked, instead of the whole history.
@@ -44,8 +52,8 @@ CATCH_UP_SLACK_S = 5.0
 EXACT_RECHECK_S = 5.0
 #: Collection metadata key changed by every merge into an existing record, so that other processes reload their caches.
 MERGE_TOKEN = "llm_router_merge"
-#: Hits (queries × neighbours) read per Chroma query call: its metadata lookup must stay under SQLite's variable limit.
-_QUERY_HITS = 20_000
+#: Queries per Chroma query call (a benchmark asks for thousands at once).
+_QUERIES_PER_CALL = 1000
 #: What a history store that cannot be reached raises: a Chroma server that went away or answers with an HTTP error
 #: (chromadb's ``HttpClient`` speaks httpx), or an embedded store whose disk or socket failed (``OSError``, which
 #: includes ``ConnectionError`` and ``TimeoutError``). Programming errors (``TypeError``, ``KeyError`` …) are not in it.
@@ -90,13 +98,9 @@ class ModelOutcome(BaseModel):
     completion_tokens: int | None = Field(default=None, ge=0)
     cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
-    def metadata(self, profile: str) -> dict[str, float | int]:
-        """The Chroma metadata fields of this outcome (missing values are left out)."""
-        return {
-            f"{_PREFIX[name]}|{profile}": value
-            for name in FIELDS
-            if (value := getattr(self, name)) is not None
-        }
+    def values(self) -> list[float]:
+        """The fields in :data:`FIELDS` order, NaN where missing."""
+        return [math.nan if (value := getattr(self, name)) is None else float(value) for name in FIELDS]
 
 
 class HistoryRecord(BaseModel):
@@ -124,10 +128,11 @@ class HistoryRecord(BaseModel):
         return value.tolist() if isinstance(value, np.ndarray) else value
 
     def metadata(self) -> dict[str, Any]:
-        """All outcome fields plus the task label, as one flat Chroma metadata mapping."""
+        """The Chroma metadata of the record: its task label and its outcomes (field :data:`OUTCOMES`)."""
         meta: dict[str, Any] = {"task": self.task} if self.task else {}
-        for profile, outcome in self.outcomes.items():
-            meta.update(outcome.metadata(profile))
+        outcomes = {profile: outcome.values() for profile, outcome in self.outcomes.items()}
+        if outcomes:
+            meta[OUTCOMES] = encode_outcomes(outcomes)
         return meta
 
 
@@ -163,32 +168,46 @@ class Neighbours:
     profiles: tuple[str, ...]
 
 
-def outcome_array(metadatas: Sequence[Mapping[str, Any] | None], profiles: Sequence[str]) -> np.ndarray:
-    """Turn flat outcome metadata into an array of shape ``(len(metadatas), len(profiles), len(FIELDS))``."""
-    out = np.full((len(metadatas), len(profiles), len(FIELDS)), np.nan)
-    keys = [[f"{_PREFIX[f]}|{p}" for f in FIELDS] for p in profiles]
-    for row, meta in enumerate(metadatas):
-        if not meta:
-            continue
-        for col, profile_keys in enumerate(keys):
-            for field, key in enumerate(profile_keys):
-                value = meta.get(key)
+def encode_outcomes(outcomes: Mapping[str, Sequence[float]]) -> str:
+    """The :data:`OUTCOMES` metadata value of a record's outcomes (NaN written as ``null``)."""
+    return json.dumps({p: [None if math.isnan(v) else v for v in values] for p, values in outcomes.items()},
+                      separators=(",", ":"))
+
+
+def decode_outcomes(meta: Mapping[str, Any] | None) -> dict[str, list[float]]:
+    """A record's outcomes from its Chroma metadata (either format): profile → values, NaN where missing."""
+    out: dict[str, list[float]] = {}
+    for key, value in (meta or {}).items():  # flat fields of earlier releases
+        prefix, _, profile = key.partition("|")
+        field = _FIELD_OF_PREFIX.get(prefix)
+        if field is not None and profile and value is not None:
+            out.setdefault(profile, [math.nan] * len(FIELDS))[field] = float(value)
+    packed = (meta or {}).get(OUTCOMES)
+    if isinstance(packed, str):
+        for profile, values in json.loads(packed).items():
+            row = out.setdefault(profile, [math.nan] * len(FIELDS))
+            for field, value in enumerate(values):
                 if value is not None:
-                    out[row, col, field] = float(value)
+                    row[field] = float(value)
     return out
 
 
+_FIELD_OF_PREFIX = {prefix: FIELDS.index(name) for name, prefix in _PREFIX.items()}
+
+
 class ChromaHistory:
-    """History records in a Chroma collection (embedded on disk, or a Chroma server).
+    """History records in a Chroma collection (embedded on disk, or a Chroma server), with their outcomes also in a
+    local :class:`~llm_router_plugin.outcome_table.OutcomeTable`.
 
     Args:
-        path: folder of an embedded ``PersistentClient``; ignored when ``host`` is given.
+        path: folder of an embedded ``PersistentClient``; with ``host``, the folder of the local outcome table only.
+            ``None`` with a server or a ``client``: the outcome table lives in memory (rebuilt by every process).
         collection: collection name.
         host: a Chroma server host (``HttpClient``); ``None`` = embedded. A server that does not answer yet is
             logged (naming host and port) and tried again on use, at most every :data:`CONNECT_RETRY_S` seconds;
-            until it answers, every read and write raises :class:`StoreNotConnectedError`.
+            until it answers, every read and write of Chroma raises :class:`StoreNotConnectedError`.
         port: the server port.
-        client: an already built Chroma client (takes precedence over ``path`` and ``host``).
+        client: an already built Chroma client (takes precedence over ``path`` and ``host`` for Chroma).
         exact_search_max: up to this many records, neighbours are found by exact search over a copy of the
             embeddings in memory (:class:`~llm_router_plugin.exact_index.ExactIndex`); above it, by Chroma's HNSW
             index. 0 = always HNSW.
@@ -212,26 +231,29 @@ class ChromaHistory:
 
         settings = Settings(anonymized_telemetry=False)
         self._name = collection
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the exact index and the bookkeeping below
         # Held across a write and the statistics it changes (the lock above guards the caches only).
         self._write_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         self._connect_due = -math.inf
         self._connect_failure = ""
-        self._stats: _Stats | None = None
         self._exact_max = exact_search_max
         self._exact: ExactIndex | None = None
-        self._exact_checked = -math.inf
-        self._written_seen = 0.0  # newest write time the caches hold
+        self._exact_seen = 0.0  # newest write time the exact index holds
+        self._synced = -math.inf  # when the outcome table and the exact index were last compared with the store
         self._load_lock = threading.Lock()  # held while a cache is loaded from the store
-        self._clusters: _ClusterStats | None = None
-        self._merge_token: str | None = None
-        self._merge_checked = time.monotonic()
         # Set while the store is unreachable, so that an outage logs one warning, not one per query.
         self._unreachable = False
         self._client: Any = client
         self._collection: Any = None
         self._address: str | None = None
+        table = None
+        if path is not None:
+            folder = Path(path)
+            private_dir(folder)
+            suffix = "" if host is None or client is not None else f"-{host}-{port}"
+            table = folder / f"llm-router-outcomes-{collection}{suffix}.sqlite3"
+        self._table = OutcomeTable(table)
         if client is None and host:
             self._address = f"{host}:{port}"
             self._connect = partial(chromadb.HttpClient, host=host, port=port, settings=settings)
@@ -240,7 +262,6 @@ class ChromaHistory:
         if client is None:
             if path is None:
                 raise ValueError("path: give a folder for the embedded store, or a Chroma server host")
-            private_dir(Path(path))
             self._client = chromadb.PersistentClient(path=str(path), settings=settings)
         self._open()
 
@@ -256,15 +277,17 @@ class ChromaHistory:
                          "and queues outcomes in its decision log meanwhile)", exc, CONNECT_RETRY_S)
 
     def _open(self) -> None:
-        """Open (or create) the collection on the client, and read its merge token."""
+        """Open (or create) the collection on the client."""
         client = self._client if self._client is not None else self._connect()
         # embedding_function=None: Chroma's default would download a model; we always pass our own vectors.
         collection = client.get_or_create_collection(
             self._name, embedding_function=None, configuration={"hnsw": {"space": "cosine", "num_threads": 1}}
         )
-        token = (collection.metadata or {}).get(MERGE_TOKEN)
+        if self._table.get("collection") is None and self._table.count() == 0 and collection.count() == 0:
+            # A new table of a new collection is in step with it; the writes through this object keep it so.
+            self._table.write([], [], None, bookkeeping={"collection": str(collection.id)})
         with self._lock:
-            self._client, self._collection, self._merge_token = client, collection, token
+            self._client, self._collection = client, collection
 
     def _store(self) -> Any:
         """The Chroma collection; on a server not reached yet, connects first (at most every CONNECT_RETRY_S s).
@@ -298,7 +321,8 @@ class ChromaHistory:
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> ChromaHistory:
-        """The store a router config names: a Chroma server at ``chroma_host``, else ``<data_dir>/chroma``."""
+        """The store a router config names: a Chroma server at ``chroma_host``, else ``<data_dir>/chroma``; the
+        outcome table lives in ``<data_dir>/chroma`` either way."""
         return cls(Path(config.data_dir) / "chroma", collection=config.collection, host=config.chroma_host,
                    port=config.chroma_port, exact_search_max=config.exact_search_max)
 
@@ -307,12 +331,29 @@ class ChromaHistory:
         """The collection name."""
         return self._name
 
+    def _batch(self) -> int:
+        """Records per Chroma call: the client's maximum batch."""
+        self._store()
+        try:
+            return int(self._client.get_max_batch_size())
+        except AttributeError:  # a client without the call (an older or wrapped one)
+            return _CHROMA_MAX_BATCH
+
     def count(self) -> int:
-        """Number of records."""
-        with self._lock:
-            if self._stats is not None:
-                return self._stats.records
-        return int(self._store().count())
+        """Number of records (the outcome table's count, kept in step with the store)."""
+        return self._synced_table().count()
+
+    def _synced_table(self) -> OutcomeTable:
+        """The outcome table, brought up to date when due.
+
+        Raises:
+            StoreNotConnectedError: the table was never in step with the store, which cannot be read now: it knows
+                nothing yet (a Chroma server not up when a router starts without a local table).
+        """
+        self._sync()
+        if self._table.get("collection") is None:
+            raise StoreNotConnectedError(f"history {self._name!r}: the store has not been read yet")
+        return self._table
 
     def upsert(self, records: Sequence[HistoryRecord]) -> None:
         """Insert or replace records by id (so re-importing the same rows adds nothing).
@@ -320,40 +361,33 @@ class ChromaHistory:
         Args:
             records: the records; written in batches Chroma accepts.
         """
-        for start in range(0, len(records), _CHROMA_MAX_BATCH):
+        if not records:
+            return
+        step = self._batch()
+        for start in range(0, len(records), step):
             with self._write_lock:
-                self._upsert_batch(records[start : start + _CHROMA_MAX_BATCH])
+                self._upsert_batch(records[start : start + step])
 
     def _upsert_batch(self, batch: Sequence[HistoryRecord]) -> None:
-        """Write one batch and move the cached statistics with it."""
-        replaced = self.existing_ids([r.id for r in batch])
+        """Write one batch to Chroma, then to the outcome table and the exact index."""
         texts = [r.text for r in batch]
         now = time.time()
         metadatas = [{**r.metadata(), WRITTEN_AT: now} for r in batch]
-        self._store().upsert(
-            ids=[r.id for r in batch],
-            embeddings=np.asarray([r.embedding for r in batch], dtype=np.float32),
-            metadatas=[m or None for m in metadatas],
-            documents=texts if all(t is not None for t in texts) else None,
-        )
         vectors = np.asarray([r.embedding for r in batch], dtype=np.float32)
+        ids = [r.id for r in batch]
+        self._store().upsert(ids=ids, embeddings=vectors, metadatas=metadatas,
+                             documents=texts if all(t is not None for t in texts) else None)
+        self._table.write(ids, [{p: o.values() for p, o in r.outcomes.items()} for r in batch], vectors)
         with self._lock:
-            exact = self._exact
-            # The index knows a record a query's catch-up read between the write above and this update: its old values.
-            olds = [exact.metadata(r.id) if exact is not None else None for r in batch]
-            if any(r.id in replaced and old is None for r, old in zip(batch, olds, strict=True)):
-                # A replaced record whose old values are not in memory cannot be subtracted: rescan on next use.
-                self._stats = self._clusters = None
-            for vector, meta, old in zip(vectors, metadatas, olds, strict=True):
-                self._move_statistics(vector, old, meta)
-            if exact is not None:
-                exact.upsert([r.id for r in batch], vectors, metadatas)
+            if self._exact is not None:
+                self._exact.upsert(ids, vectors)
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         """The subset of ``ids`` already stored."""
         found: set[str] = set()
-        for start in range(0, len(ids), _CHROMA_MAX_BATCH):
-            got = self._store().get(ids=list(ids[start : start + _CHROMA_MAX_BATCH]), include=[])
+        step = self._batch()
+        for start in range(0, len(ids), step):
+            got = self._store().get(ids=list(ids[start : start + step]), include=[])
             found.update(got["ids"])
         return found
 
@@ -363,35 +397,24 @@ class ChromaHistory:
         Raises:
             KeyError: no record has that id.
         """
-        new = outcome.metadata(profile)
-        if not new:
-            return  # nothing to merge (Chroma refuses an empty update)
-        with self._write_lock:  # read, write and adjust the statistics as one step, or two merges count twice
-            got = self._store().get(ids=[record_id], include=["metadatas", "embeddings"])
+        values = outcome.values()
+        if all(math.isnan(v) for v in values):
+            return  # nothing to merge
+        with self._write_lock:  # read, merge and write as one step, or two merges lose one
+            got = self._store().get(ids=[record_id], include=["metadatas"])
             if not got["ids"]:
                 raise KeyError(f"record_id: no history record {record_id!r}")
-            new = {**new, WRITTEN_AT: time.time()}
-            old = {k: v for k, v in ((got["metadatas"] or [{}])[0] or {}).items() if k in new}
-            self._store().update(ids=[record_id], metadatas=[new])
-            vector = np.asarray(got["embeddings"], dtype=np.float32).reshape(1, -1)
-            self._adjust(record_id, vector, old, new)
-            # A merge leaves the record count as it was: other processes watch this token to reload their caches.
+            outcomes = decode_outcomes((got["metadatas"] or [None])[0])
+            merged = outcomes.setdefault(profile, [math.nan] * len(FIELDS))
+            for field, value in enumerate(values):
+                if not math.isnan(value):
+                    merged[field] = value
+            self._store().update(ids=[record_id], metadatas=[{OUTCOMES: encode_outcomes(outcomes),
+                                                              WRITTEN_AT: time.time()}])
+            # A merge leaves the record count as it was: other processes watch this token to catch up.
             token = uuid.uuid4().hex
             self._store().modify(metadata={MERGE_TOKEN: token})
-            with self._lock:
-                self._merge_token = token
-
-    def _adjust(self, record_id: str, vector: np.ndarray, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-        """Move the cached statistics and exact index from a record's ``old`` fields to its ``new`` ones."""
-        with self._lock:
-            if self._exact is not None:
-                self._exact.merge_metadata(record_id, new)
-            if self._stats is not None:
-                self._stats.add(old, -1)
-                self._stats.add(new, +1)
-            if self._clusters is not None:
-                self._clusters.add(vector, [old], -1)
-                self._clusters.add(vector, [new], +1)
+            self._table.write([record_id], [{profile: values}], None, merge=True, bookkeeping={"merge": token})
 
     def neighbours(self, embeddings: np.ndarray, k: int, profiles: Sequence[str]) -> Neighbours:
         """The ``k`` nearest records of each query embedding, with the outcomes of ``profiles``.
@@ -405,197 +428,171 @@ class ChromaHistory:
             The neighbours of every query.
         """
         n = len(embeddings)
-        exact = self._exact_index()
-        total = len(exact) if exact is not None else self.count()
-        width = min(k, total)
+        table = self._synced_table()
+        with self._lock:
+            exact = self._exact
         sims = np.full((n, k), np.nan)
-        outcomes = np.full((n, k, len(profiles), len(FIELDS)), np.nan)
         ids: list[list[str]] = [[] for _ in range(n)]
-        if n == 0 or width == 0:
-            return Neighbours(ids, sims, outcomes, tuple(profiles))
-        vectors = np.asarray(embeddings, dtype=np.float32)
-        if exact is not None:
-            found, similarity, metadatas = exact.search(vectors, width)
-            sims[:, : similarity.shape[1]] = similarity
-            for row, (row_ids, metas) in enumerate(zip(found, metadatas, strict=True)):
-                ids[row] = row_ids
-                outcomes[row, : len(metas)] = outcome_array(metas, profiles)
-            return Neighbours(ids, sims, outcomes, tuple(profiles))
-        # Chroma reads the hits' metadata in one SQL statement per query call, which SQLite caps in variables.
-        step = max(1, _QUERY_HITS // width)
-        for start in range(0, n, step):
-            result = self._store().query(
-                query_embeddings=vectors[start : start + step], n_results=width, include=["metadatas", "distances"]
-            )
-            for offset, row_ids in enumerate(result["ids"]):
-                row, got = start + offset, len(row_ids)
-                ids[row] = list(row_ids)
-                sims[row, :got] = 1.0 - np.asarray(result["distances"][offset], dtype=float)
-                outcomes[row, :got] = outcome_array(result["metadatas"][offset], profiles)
+        total = len(exact) if exact is not None else table.count()
+        width = min(k, total)
+        if n and width:
+            vectors = np.asarray(embeddings, dtype=np.float32)
+            if exact is not None:
+                ids, similarity = exact.search(vectors, width)
+                sims[:, : similarity.shape[1]] = similarity
+            else:
+                self._query(vectors, width, ids, sims)
+        flat = [record_id for row in ids for record_id in row]
+        found = table.outcomes(flat, profiles)
+        outcomes = np.full((n, k, len(profiles), len(FIELDS)), np.nan)
+        offset = 0
+        for row, row_ids in enumerate(ids):
+            outcomes[row, : len(row_ids)] = found[offset : offset + len(row_ids)]
+            offset += len(row_ids)
         return Neighbours(ids, sims, outcomes, tuple(profiles))
 
-    def _exact_index(self) -> ExactIndex | None:
-        """The in-memory exact index while the store is small enough (``None`` above ``exact_search_max``).
+    def _query(self, vectors: np.ndarray, width: int, ids: list[list[str]], sims: np.ndarray) -> None:
+        """Fill ``ids`` and ``sims`` from Chroma's HNSW index: ids and distances only (outcomes come from the table)."""
+        for start in range(0, len(vectors), _QUERIES_PER_CALL):
+            result = self._store().query(query_embeddings=vectors[start : start + _QUERIES_PER_CALL],
+                                         n_results=width, include=["distances"])
+            for offset, row_ids in enumerate(result["ids"]):
+                row = start + offset
+                ids[row] = list(row_ids)
+                sims[row, : len(row_ids)] = 1.0 - np.asarray(result["distances"][offset], dtype=float)
 
-        Loaded from Chroma on first use and kept up to date with the writes made through this object; every
-        :data:`EXACT_RECHECK_S` seconds the store's size is compared with it, and a store that another process wrote
-        to is loaded again.
+    def _sync(self) -> None:
+        """Every :data:`EXACT_RECHECK_S` seconds (and on first use): compare the outcome table and the exact index with
+        the store, and bring them up to date (other processes write too).
+
+        What other processes wrote or merged is read by its write time; a table or index that still differs from the
+        store afterwards (missing, from another collection, records written without a write time) is rebuilt. While
+        the store cannot be read, the table and the index serve as they are.
         """
         now = time.monotonic()
-        self._reload_if_merged(now)
         with self._lock:
-            index, checked = self._exact, self._exact_checked
-        if self._exact_max == 0:
-            return None
-        if index is not None and now - checked < EXACT_RECHECK_S:
-            return index
-        try:
-            total = int(self._store().count())
-        except STORE_UNREACHABLE as exc:
-            if index is None:
-                raise
-            # The store went away (a Chroma server that stopped): the index in memory still answers, as of its last
-            # check; the size is checked again in EXACT_RECHECK_S seconds.
-            self._note_unreachable("size check", exc)
+            if now - self._synced < EXACT_RECHECK_S:
+                return
+        with self._load_lock:  # one sync for the queries that arrive together, not one each
             with self._lock:
-                self._exact_checked = now
-            return index
-        self._unreachable = False
-        if total > self._exact_max:
+                if now - self._synced < EXACT_RECHECK_S:
+                    return
+            try:
+                self._sync_now()
+            except Exception as exc:
+                if not _is_unreachable(exc):
+                    raise
+                self._note_unreachable("size check", exc)
+                if self._table.get("collection") is None:
+                    return  # nothing to serve from meanwhile: try at the next use (connecting is rate-limited)
+            else:
+                self._unreachable = False
             with self._lock:
+                self._synced = now
+
+    def _sync_now(self) -> None:
+        collection = self._store()
+        total = int(collection.count())
+        stored = self._client.get_collection(self._name, embedding_function=None).metadata or {}
+        token = str(stored.get(MERGE_TOKEN) or "")
+        identity = str(collection.id)
+        known = self._table.get("collection") == identity  # a table of this collection (not missing, not replaced)
+        table_stale = known and (self._table.count() != total or (self._table.get("merge") or "") != token)
+        exact = self._exact_max > 0 and total <= self._exact_max
+        with self._lock:
+            if not exact:
                 self._exact = None
-            return None
-        if index is None or len(index) != total:
-            with self._load_lock:  # one load for the queries that arrive together, not one each
-                with self._lock:
-                    index = self._exact
-                if index is not None and len(index) != total:
-                    # Others' writes since the last look; then the size again, for writes that landed meanwhile.
-                    # An index that still differs (records written without a write time, or deleted) is reloaded.
-                    self._catch_up(index)
-                    if len(index) != total:
-                        with contextlib.suppress(*STORE_UNREACHABLE):  # unreadable: the index is loaded again
-                            total = int(self._store().count())
-                if index is None or len(index) != total:
-                    try:
-                        index = self._load_exact(total)
-                    except Exception as exc:  # e.g. another process writing the embedded store: HNSW answers
-                        _log.warning("exact history index not loaded (%s); using Chroma's index for this query", exc)
-                        return None
-                    # The statistics come from the same snapshot, so that the catch-up adds each record to both once.
-                    stats = _Stats()
-                    for meta in index.rows()[1]:
-                        stats.add(meta, +1)
-                    stats.records = len(index)
-                    with self._lock:
-                        self._stats, self._clusters = stats, None
-        with self._lock:
-            self._exact, self._exact_checked = index, now
-        return index
-
-    def _stored_merge_token(self) -> str | None:
-        """The merge token in the store (read fresh: another process may have changed it)."""
-        self._store()  # a server not reached yet: connect first (or raise)
-        collection = self._client.get_collection(self._name, embedding_function=None)
-        return (collection.metadata or {}).get(MERGE_TOKEN)
-
-    def _reload_if_merged(self, now: float) -> None:
-        """Every :data:`EXACT_RECHECK_S` seconds: drop the caches if another process merged outcomes meanwhile
-        (``llm-router onboard`` or feedback next to a running router)."""
-        with self._lock:
-            if now - self._merge_checked < EXACT_RECHECK_S:
-                return
-            self._merge_checked = now
-        try:
-            stored = self._stored_merge_token()
-        except Exception as exc:  # the store is unreachable: keep serving from the caches
-            self._note_unreachable("merge check", exc)
-            return
-        with self._lock:
-            if stored == self._merge_token:
-                return
-            self._merge_token = stored
             index = self._exact
-        if index is not None and self._catch_up(index):
-            return
+        index_stale = index is not None and len(index) != total
+        if table_stale or index_stale:
+            self._catch_up(table_stale, index if index_stale else None)
+        if not known or self._table.count() != total:
+            self._rebuild(identity, total)
+        elif (self._table.get("merge") or "") != token:
+            self._table.write([], [], None, bookkeeping={"merge": token})
         with self._lock:
-            self._stats = self._clusters = self._exact = None
+            index = self._exact
+        if exact and (index is None or len(index) != total):
+            self._load_exact()
+
+    def _pages(self, include: list[str], where: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every record (matching ``where``) of the store, in pages of the client's maximum batch."""
+        step, offset = self._batch(), 0
+        while True:
+            page = self._store().get(where=where, include=include, limit=step, offset=offset)
+            if page["ids"]:
+                yield page
+            if len(page["ids"]) < step:
+                return
+            offset += step
+
+    def _catch_up(self, table: bool, index: ExactIndex | None) -> None:
+        """Bring the table (if ``table``) and ``index`` to the records written since each last looked."""
+        seen = [float(self._table.get("written_seen") or 0.0)] if table else []
+        with self._lock:
+            seen += [self._exact_seen] if index is not None else []
+        since = min(seen) - CATCH_UP_SLACK_S
+        for page in self._pages(["embeddings", "metadatas"], where={WRITTEN_AT: {"$gte": since}}):
+            vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
+            metadatas = page["metadatas"] or [None] * len(page["ids"])
+            newest = max(float((m or {}).get(WRITTEN_AT, 0.0)) for m in metadatas)
+            if table:
+                self._table.write(page["ids"], [decode_outcomes(m) for m in metadatas], vectors,
+                                  bookkeeping={"written_seen": repr(max(newest, seen[0]))})
+            if index is not None:
+                with self._lock:
+                    index.upsert(page["ids"], vectors)
+                    self._exact_seen = max(self._exact_seen, newest)
+
+    def _rebuild(self, identity: str, total: int) -> None:
+        """Build the outcome table anew from every record of the store (a missing or stale table)."""
+        _log.info("history store: building the local outcome table from the %d records of %r (once)", total,
+                  self._name)
+        centres = self._table.centres()
+        self._table.clear()
+        if centres is not None:
+            self._table.relabel(centres, [], np.zeros((0, centres.shape[1]), np.float32))
+        newest = 0.0
+        for page in self._pages(["embeddings", "metadatas"]):
+            vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
+            metadatas = page["metadatas"] or [None] * len(page["ids"])
+            newest = max([newest] + [float((m or {}).get(WRITTEN_AT, 0.0)) for m in metadatas])
+            self._table.write(page["ids"], [decode_outcomes(m) for m in metadatas], vectors)
+        self._table.write([], [], None, bookkeeping={"collection": identity, "written_seen": repr(newest)})
+
+    def _load_exact(self) -> None:
+        """Load the exact index (ids and embeddings) from the store."""
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        newest = 0.0
+        for page in self._pages(["embeddings", "metadatas"]):
+            ids += page["ids"]
+            vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
+            newest = max([newest] + [float((m or {}).get(WRITTEN_AT, 0.0)) for m in page["metadatas"] or []])
+        index = ExactIndex(ids, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
+        with self._lock:
+            self._exact, self._exact_seen = index, max(self._exact_seen, newest)
 
     def _note_unreachable(self, check: str, exc: Exception) -> None:
-        """Log that the store cannot be reached, once per outage (the next successful size check ends it)."""
+        """Log that the store cannot be reached, once per outage (the next successful check ends it)."""
         if self._unreachable:
             return
         self._unreachable = True
-        _log.warning("history store unreachable (%s failed: %s); serving neighbours and means from memory, which may "
-                     "miss outcomes written elsewhere until it is back", check, exc)
-
-    def _catch_up(self, index: ExactIndex) -> bool:
-        """Add the records other processes wrote (or merged into) since the last look to the exact index and the
-        cached statistics, read by their write time; False if the store could not be read."""
-        with self._lock:
-            since = self._written_seen - CATCH_UP_SLACK_S
-        pages: list[Any] = []
-        try:
-            while not pages or len(pages[-1]["ids"]) == _CHROMA_MAX_BATCH:
-                pages.append(self._store().get(where={WRITTEN_AT: {"$gte": since}}, include=["embeddings", "metadatas"],
-                                               limit=_CHROMA_MAX_BATCH, offset=len(pages) * _CHROMA_MAX_BATCH))
-        except STORE_UNREACHABLE as exc:
-            self._note_unreachable("catch-up", exc)
-            return False
-        for page in pages:
-            vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
-            for record_id, vector, meta in zip(page["ids"], vectors, page["metadatas"] or [], strict=False):
-                self._absorb(index, record_id, vector, dict(meta or {}))
-        return True
-
-    def _absorb(self, index: ExactIndex, record_id: str, vector: np.ndarray, meta: dict[str, Any]) -> None:
-        """Move the exact index and the statistics to a record as another process wrote it."""
-        with self._lock:
-            self._written_seen = max(self._written_seen, float(meta.get(WRITTEN_AT, -math.inf)))
-            old = index.metadata(record_id)
-            if old == meta:
-                return  # seen already (the catch-up looks back a little)
-            index.upsert([record_id], vector[None, :], [meta])
-            self._move_statistics(vector, old, meta)
-
-    def _move_statistics(self, vector: np.ndarray, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
-        """Move the cached statistics from a record's old values (``None``: a new record) to its new ones; call with
-        ``_lock`` held."""
-        if self._stats is not None:
-            if old is not None:
-                self._stats.add(old, -1)
-            self._stats.add(new, +1)
-            self._stats.records += old is None
-        if self._clusters is not None:
-            if old is not None:
-                self._clusters.add(vector[None, :], [old], -1)
-            self._clusters.add(vector[None, :], [new], +1)
-
-    def _load_exact(self, total: int) -> ExactIndex:
-        ids: list[str] = []
-        vectors: list[np.ndarray] = []
-        metadatas: list[Mapping[str, Any] | None] = []
-        for offset in range(0, total, _CHROMA_MAX_BATCH):
-            page = self._store().get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset)
-            ids += page["ids"]
-            vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
-            metadatas += page["metadatas"] or [None] * len(page["ids"])
-        newest = max((float((m or {}).get(WRITTEN_AT, 0.0)) for m in metadatas), default=0.0)
-        with self._lock:
-            self._written_seen = max(self._written_seen, newest)
-        return ExactIndex(ids, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32), metadatas)
+        _log.warning("history store unreachable (%s failed: %s); serving neighbours and means from memory and the "
+                     "local outcome table, which may miss outcomes written elsewhere until it is back", check, exc)
 
     def profile_means(self, profiles: Sequence[str]) -> np.ndarray:
         """Each profile's mean outcome over the whole history, shape ``(len(profiles), len(FIELDS))`` (NaN = none).
 
-        Scanned once, then kept up to date as records are added through this object.
+        Read from the outcome table's running statistics: no scan of the history.
         """
-        stats = self._cached_stats()
-        return np.stack([stats.mean(p) for p in profiles])
+        stats = self._synced_table().statistics(profiles)
+        counts = stats.counts[0]
+        return np.where(counts > 0, stats.sums[0] / np.maximum(counts, 1), np.nan)
 
     def profiles(self) -> list[str]:
         """Every profile that has at least one outcome in the store."""
-        return sorted(self._cached_stats().sums)
+        return self._synced_table().profiles()
 
     def export(self) -> tuple[list[str], np.ndarray, list[str | None], list[str | None]]:
         """Every record's id, embedding, text and task label (``None`` where the store keeps none), by id."""
@@ -603,9 +600,7 @@ class ChromaHistory:
         vectors: list[np.ndarray] = []
         texts: list[str | None] = []
         tasks: list[str | None] = []
-        for offset in range(0, self.count(), _CHROMA_MAX_BATCH):
-            page = self._store().get(include=["embeddings", "documents", "metadatas"], limit=_CHROMA_MAX_BATCH,
-                                        offset=offset)
+        for page in self._pages(["embeddings", "documents", "metadatas"]):
             ids += page["ids"]
             vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
             texts += page["documents"] or [None] * len(page["ids"])
@@ -617,7 +612,7 @@ class ChromaHistory:
     def cluster_stats(self, centres: np.ndarray, profiles: Sequence[str]) -> ClusterStats:
         """Every profile's outcome statistics per cluster (each record in the cluster of its nearest centre).
 
-        Scanned once per set of centres, then kept up to date as records are added through this object.
+        Kept in the outcome table for one set of centres at a time; other centres relabel every record once.
 
         Args:
             centres: normalised cluster centres, shape ``(K, dimension)``.
@@ -627,118 +622,26 @@ class ChromaHistory:
             Sums, counts and largest values, each of shape ``(K, len(profiles), len(FIELDS))``.
         """
         centres = np.asarray(centres, dtype=np.float32)
-        with self._lock:
-            clusters = self._clusters
-        if clusters is None or not clusters.matches(centres):
-            with self._load_lock:  # one scan for the queries that arrive together, not one each
-                with self._lock:
-                    clusters = self._clusters
-                if clusters is None or not clusters.matches(centres):
-                    clusters = self._scan_clusters(centres)
-                    with self._lock:
-                        self._clusters = clusters
-        return clusters.arrays(profiles)
+        self._synced_table()
+        if not _same(self._table.centres(), centres):
+            with self._load_lock:  # one relabelling for the queries that arrive together, not one each
+                if not _same(self._table.centres(), centres):
+                    self._relabel(centres)
+        stats = self._table.statistics(profiles)
+        return ClusterStats(stats.sums[1:], stats.counts[1:], stats.maxes[1:])
 
-    def _scan_clusters(self, centres: np.ndarray) -> _ClusterStats:
-        clusters = _ClusterStats(centres)
+    def _relabel(self, centres: np.ndarray) -> None:
         with self._lock:
             index = self._exact
-        if index is not None:  # the exact index's snapshot: what its catch-ups keep up to date
-            vectors, metas = index.rows()
-            clusters.add(vectors, metas, +1)
-            return clusters
-        for offset in range(0, self.count(), _CHROMA_MAX_BATCH):
-            page = self._store().get(include=["embeddings", "metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset)
-            vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
-            clusters.add(vectors, page["metadatas"] or [None] * len(page["ids"]), +1)
-        return clusters
-
-    def _cached_stats(self) -> _Stats:
-        with self._lock:
-            stats = self._stats
-        if stats is None and self._exact_max > 0:
-            self._exact_index()  # a history small enough for the exact index: statistics from its snapshot
-            with self._lock:
-                stats = self._stats
-        if stats is None:
-            with self._load_lock:  # one scan for the queries that arrive together, not one each
-                with self._lock:
-                    stats = self._stats
-                if stats is None:
-                    stats = self._scan()
-                    with self._lock:
-                        self._stats = stats
-        return stats
-
-    def _scan(self) -> _Stats:
-        stats = _Stats()
-        total = self.count()
-        for offset in range(0, total, _CHROMA_MAX_BATCH):
-            page = self._store().get(
-                include=["metadatas"], limit=_CHROMA_MAX_BATCH, offset=offset
-            )
-            for meta in page["metadatas"] or []:
-                stats.add(meta or {}, +1)
-            stats.records += len(page["ids"])
-        return stats
+        if index is not None and len(index) == self._table.count():
+            ids, vectors = index.rows()
+        else:
+            pages = list(self._pages(["embeddings"]))
+            ids = [record_id for page in pages for record_id in page["ids"]]
+            vectors = (np.concatenate([np.asarray(p["embeddings"], dtype=np.float32).reshape(len(p["ids"]), -1)
+                                       for p in pages]) if pages else np.zeros((0, centres.shape[1]), np.float32))
+        self._table.relabel(centres, ids, vectors)
 
 
-class _Stats:
-    """Running sums and counts of every profile's outcome fields."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, np.ndarray] = {}
-        self.counts: dict[str, np.ndarray] = {}
-        self.maxes: dict[str, np.ndarray] = {}
-        self.records = 0
-
-    def add(self, meta: Mapping[str, Any], sign: int) -> None:
-        for key, value in meta.items():
-            prefix, _, profile = key.partition("|")
-            field = _FIELD_OF_PREFIX.get(prefix)
-            if field is None or not profile or value is None:
-                continue
-            self.sums.setdefault(profile, np.zeros(len(FIELDS)))[field] += sign * float(value)
-            self.counts.setdefault(profile, np.zeros(len(FIELDS)))[field] += sign
-            if sign > 0:  # a removed value is not taken back out: the maximum stays an upper bound
-                top = self.maxes.setdefault(profile, np.full(len(FIELDS), np.nan))
-                top[field] = np.fmax(top[field], float(value))
-
-    def mean(self, profile: str) -> np.ndarray:
-        if profile not in self.sums:
-            return np.full(len(FIELDS), np.nan)
-        counts = self.counts[profile]
-        return np.where(counts > 0, self.sums[profile] / np.maximum(counts, 1), np.nan)
-
-
-class _ClusterStats:
-    """One :class:`_Stats` per cluster of a set of centres."""
-
-    def __init__(self, centres: np.ndarray) -> None:
-        self.centres = centres
-        self.stats = [_Stats() for _ in range(len(centres))]
-
-    def matches(self, centres: np.ndarray) -> bool:
-        return self.centres.shape == centres.shape and bool(np.array_equal(self.centres, centres))
-
-    def add(self, vectors: np.ndarray, metadatas: Sequence[Mapping[str, Any] | None], sign: int) -> None:
-        if not len(vectors):
-            return
-        labels = np.argmax(np.asarray(vectors, dtype=np.float32) @ self.centres.T, axis=1)
-        for label, meta in zip(labels, metadatas, strict=True):
-            self.stats[int(label)].add(meta or {}, sign)
-
-    def arrays(self, profiles: Sequence[str]) -> ClusterStats:
-        sums = np.zeros((len(self.stats), len(profiles), len(FIELDS)))
-        counts = np.zeros_like(sums)
-        maxes = np.full_like(sums, np.nan)
-        for c, stats in enumerate(self.stats):
-            for p, profile in enumerate(profiles):
-                if profile in stats.sums:
-                    sums[c, p], counts[c, p] = stats.sums[profile], stats.counts[profile]
-                    maxes[c, p] = stats.maxes.get(profile, np.nan)
-        return ClusterStats(sums, counts, maxes)
-
-
-_FIELD_OF_PREFIX = {prefix: FIELDS.index(name) for name, prefix in _PREFIX.items()}
-
+def _same(stored: np.ndarray | None, centres: np.ndarray) -> bool:
+    return stored is not None and stored.shape == centres.shape and bool(np.array_equal(stored, centres))

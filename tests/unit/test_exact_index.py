@@ -42,9 +42,9 @@ def test_exact_search_finds_the_true_neighbours_among_thousands_of_duplicates(tm
 
 def test_exact_search_is_deterministic_with_ties_in_insertion_order() -> None:
     vectors = unit(np.ones((6, 4)))
-    index = ExactIndex([f"id{i}" for i in range(6)], vectors, [{"i": i} for i in range(6)])
-    ids, sims, metas = index.search(vectors[:1], 3)
-    assert ids == [["id0", "id1", "id2"]] and [m["i"] for m in metas[0]] == [0, 1, 2]
+    index = ExactIndex([f"id{i}" for i in range(6)], vectors)
+    ids, sims = index.search(vectors[:1], 3)
+    assert ids == [["id0", "id1", "id2"]]
     assert np.allclose(sims, 1.0)
 
 
@@ -78,11 +78,11 @@ def test_records_written_by_another_store_object_are_found(tmp_path: Path, monke
 
 
 def test_an_index_grows_one_record_at_a_time() -> None:
-    index = ExactIndex([], np.zeros((0, 0), np.float32), [])
+    index = ExactIndex([], np.zeros((0, 0), np.float32))
     vectors = unit(np.random.default_rng(1).normal(size=(300, 8)))
     for i, v in enumerate(vectors):
-        index.upsert([f"r{i}"], v[None], [{"i": i}])
-    ids, sims, _ = index.search(vectors[123:124], 1)
+        index.upsert([f"r{i}"], v[None])
+    ids, sims = index.search(vectors[123:124], 1)
     assert ids == [["r123"]] and len(index) == 300 and np.isclose(sims[0, 0], 1.0)
 
 
@@ -106,7 +106,7 @@ def test_another_process_s_writes_are_caught_up_without_reloading_everything(
         raise AssertionError("the whole history was loaded again")
 
     monkeypatch.setattr(reader, "_load_exact", no_full_reload)
-    monkeypatch.setattr(reader, "_scan", no_full_reload)
+    monkeypatch.setattr(reader, "_rebuild", no_full_reload)
     found = reader.neighbours(query, 1, ["other"])
     assert found.ids[0] == ["theirs"] and found.outcomes[0, 0, 0, 0] == pytest.approx(0.2)
     # The statistics moved with the records: "other" is known by two records now, with mean quality 0.4.
@@ -117,7 +117,7 @@ def test_another_process_s_writes_are_caught_up_without_reloading_everything(
     monkeypatch.setattr(history_module, "EXACT_RECHECK_S", 0.0)
     writer._store().add(ids=["unstamped"], embeddings=query, metadatas=[{"q|other": 1.0}])
     assert reader.neighbours(query, 2, ["other"]).ids[0][0] in {"theirs", "unstamped"}
-    assert len(reader._exact_index() or []) == len(vectors) + 2
+    assert len(reader._exact or []) == len(vectors) + 2
 
 
 def test_concurrent_first_queries_load_the_history_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,7 +127,7 @@ def test_concurrent_first_queries_load_the_history_once(tmp_path: Path, monkeypa
     store(tmp_path, vectors, exact_search_max=100)
     fresh = ChromaHistory(tmp_path / "chroma-100", exact_search_max=100)  # a new process on the same store
     loads: list[str] = []
-    for name in ("_load_exact", "_scan", "_scan_clusters"):
+    for name in ("_load_exact", "_rebuild", "_relabel"):
         original = getattr(fresh, name)
 
         def counted(*args: object, _original: object = original, _name: str = name) -> object:
@@ -150,8 +150,8 @@ def test_concurrent_first_queries_load_the_history_once(tmp_path: Path, monkeypa
         thread.start()
     for thread in threads:
         thread.join()
-    # Each once; the statistics come from the exact index's snapshot (no scan of their own).
-    assert sorted(loads) == ["_load_exact", "_scan_clusters"]
+    # Each once; the statistics are the outcome table's, kept on disk by the first store object (no rebuild).
+    assert sorted(loads) == ["_load_exact", "_relabel"]
 
 
 def test_a_replaced_record_moves_the_statistics_without_a_rescan(
@@ -165,7 +165,7 @@ def test_a_replaced_record_moves_the_statistics_without_a_rescan(
     def no_rescan(*args: object) -> None:
         raise AssertionError("the whole history was scanned again")
 
-    monkeypatch.setattr(history, "_scan", no_rescan)
+    monkeypatch.setattr(history, "_rebuild", no_rescan)
     replaced = HistoryRecord(id="r00000", embedding=vectors[0], outcomes={"m": ModelOutcome(completion_tokens=150)})
     history.upsert([replaced])
     assert history.profile_means(["m"])[0, 2] == pytest.approx((sum(range(15)) + 150) / 15)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from llm_router_plugin import Router, RouterConfig
+from llm_router_plugin.history import decode_outcomes
 from tests.conftest import topic_prompt
 
 RouterFactory = Callable[..., Router]
@@ -43,7 +44,7 @@ def test_outcomes_wait_and_are_written_together(make_router: RouterFactory, monk
     assert sizes == [3]
     assert router.history.count() == before + 3 and router.status().history_pending == 0
     got = router.history._collection.get(ids=[decisions[1].id], include=["metadatas"])
-    assert got["metadatas"][0][f"q|{decisions[1].model}"] == 0.25
+    assert decode_outcomes(got["metadatas"][0])[decisions[1].model][0] == 0.25
 
 
 def test_without_batching_each_outcome_is_written_when_recorded(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import chromadb
 import pytest
@@ -17,7 +16,7 @@ from chromadb.config import Settings
 from llm_router_plugin import HashingEmbedder, Router, RouterConfig
 from llm_router_plugin import history as history_module
 from llm_router_plugin import outcomes as outcomes_module
-from llm_router_plugin.history import ChromaHistory
+from llm_router_plugin.history import ChromaHistory, decode_outcomes
 from llm_router_plugin.testing import LOOPBACK, ChromaServer, free_port
 from tests.conftest import topic_history, topic_prompt
 
@@ -44,11 +43,12 @@ def server_config(port: int, data_dir: Path) -> RouterConfig:
     })
 
 
-def stored(port: int) -> dict[str, dict[str, Any]]:
-    """Every record on the server, id → metadata, read with a client of its own."""
+def stored(port: int) -> dict[str, dict[str, list[float]]]:
+    """Every record on the server, id → its outcomes by profile, read with a client of its own."""
     client = chromadb.HttpClient(host=LOOPBACK, port=port, settings=Settings(anonymized_telemetry=False))
     got = client.get_collection(COLLECTION, embedding_function=None).get(include=["metadatas"])
-    return {record_id: dict(meta or {}) for record_id, meta in zip(got["ids"], got["metadatas"] or [], strict=True)}
+    metadatas = got["metadatas"] or []
+    return {record_id: decode_outcomes(meta) for record_id, meta in zip(got["ids"], metadatas, strict=True)}
 
 
 def test_a_router_starts_before_its_chroma_server_and_learns_once_it_is_up(
@@ -106,7 +106,7 @@ def test_outcomes_and_scores_given_while_the_server_is_down_reach_history_once(
         assert router.status().history_pending == 0
         records = stored(chroma.port)
     assert len(records) == len(history) + 3  # each outcome once, nothing lost
-    scores = {d.id: records[d.id].get(f"q|{d.model}") for d in (before, recorded, rated)}
+    scores = {d.id: records[d.id][d.model][0] for d in (before, recorded, rated)}
     assert scores == {before.id: 0.75, recorded.id: 0.25, rated.id: 0.5}
     for decision in (before, recorded, rated):
-        assert records[decision.id][f"ct|{decision.model}"] == 100
+        assert records[decision.id][decision.model][2] == 100

@@ -14,6 +14,7 @@ from llm_router_plugin import BudgetExhaustedError, Router
 from llm_router_plugin import history as history_module
 from llm_router_plugin.estimator import PRIOR_QUALITY
 from llm_router_plugin.history import FIELDS, ChromaHistory
+from llm_router_plugin.outcome_table import OutcomeTable
 from tests.conftest import topic_prompt
 
 RouterFactory = Callable[..., Router]
@@ -87,7 +88,7 @@ def test_routes_on_the_priors_when_nothing_is_cached(
     make_router: RouterFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     router = make_router(exact_search_max=0)
-    monkeypatch.setattr(router.history, "_stats", None)  # nothing scanned yet when the store went away
+    monkeypatch.setattr(router.history, "_table", OutcomeTable(None))  # nothing read yet when the store went away
     take_store_down(router.history, monkeypatch)
     assert router.unknown_models() == []  # nothing known: no model is named unknown, and nothing raises
     decision = router.route(topic_prompt("math", 1))

@@ -1,4 +1,5 @@
 import asyncio
+import math
 import os
 import re
 import stat
@@ -15,6 +16,7 @@ from llm_router_plugin import (
     UnknownDecisionError,
     read_data,
 )
+from llm_router_plugin.history import decode_outcomes
 from tests.conftest import topic_prompt
 
 RouterFactory = Callable[..., Router]
@@ -253,9 +255,8 @@ def test_a_router_refuses_a_truncated_ledger(make_router: RouterFactory, tmp_pat
 def learned_quality(router: Router, decision_id: str, model: str) -> float | None:
     """The quality history holds for a recorded decision's model (``None``: recorded without one)."""
     got = router.history._collection.get(ids=[decision_id], include=["metadatas"])
-    metadata = (got["metadatas"] or [{}])[0] or {}
-    value = metadata.get(f"q|{model}")
-    return None if value is None else float(value)
+    value = decode_outcomes((got["metadatas"] or [{}])[0]).get(model, [math.nan])[0]
+    return None if math.isnan(value) else value
 
 
 def estimated_quality(router: Router, query: str, deployment: str) -> float:
