@@ -321,10 +321,11 @@ class ChromaHistory:
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> ChromaHistory:
-        """The store a router config names: a Chroma server at ``chroma_host``, else ``<data_dir>/chroma``; the
-        outcome table lives in ``<data_dir>/chroma`` either way."""
-        return cls(Path(config.data_dir) / "chroma", collection=config.collection, host=config.chroma_host,
-                   port=config.chroma_port, exact_search_max=config.exact_search_max)
+        """The store a router config names: a Chroma server at ``chroma_host`` (its outcome table in
+        ``<data_dir>/history-cache``), else ``<data_dir>/chroma``."""
+        folder = Path(config.data_dir) / ("history-cache" if config.chroma_host else "chroma")
+        return cls(folder, collection=config.collection, host=config.chroma_host, port=config.chroma_port,
+                   exact_search_max=config.exact_search_max)
 
     @property
     def name(self) -> str:
@@ -429,8 +430,7 @@ class ChromaHistory:
         """
         n = len(embeddings)
         table = self._synced_table()
-        with self._lock:
-            exact = self._exact
+        exact = self._exact_for(table.count())
         sims = np.full((n, k), np.nan)
         ids: list[list[str]] = [[] for _ in range(n)]
         total = len(exact) if exact is not None else table.count()
@@ -461,6 +461,26 @@ class ChromaHistory:
                 ids[row] = list(row_ids)
                 sims[row, : len(row_ids)] = 1.0 - np.asarray(result["distances"][offset], dtype=float)
 
+    def _exact_for(self, total: int) -> ExactIndex | None:
+        """The exact index while ``total`` records fit in it (loaded on first use); else ``None`` (HNSW answers)."""
+        if not 0 < total <= self._exact_max:
+            with self._lock:
+                self._exact = None
+            return None
+        with self._lock:
+            index = self._exact
+        if index is None:
+            with self._load_lock:  # one load for the queries that arrive together, not one each
+                with self._lock:
+                    index = self._exact
+                if index is None:
+                    try:
+                        index = self._load_exact()
+                    except Exception as exc:  # e.g. another process writing the embedded store: HNSW answers
+                        _log.warning("exact history index not loaded (%s); using Chroma's index for this query", exc)
+                        return None
+        return index
+
     def _sync(self) -> None:
         """Every :data:`EXACT_RECHECK_S` seconds (and on first use): compare the outcome table and the exact index with
         the store, and bring them up to date (other processes write too).
@@ -480,7 +500,8 @@ class ChromaHistory:
             try:
                 self._sync_now()
             except Exception as exc:
-                if not _is_unreachable(exc):
+                # chromadb's own errors: e.g. an embedded store another process is writing (not made for that)
+                if not _is_unreachable(exc) and not type(exc).__module__.startswith("chromadb"):
                     raise
                 self._note_unreachable("size check", exc)
                 if self._table.get("collection") is None:
@@ -498,10 +519,7 @@ class ChromaHistory:
         identity = str(collection.id)
         known = self._table.get("collection") == identity  # a table of this collection (not missing, not replaced)
         table_stale = known and (self._table.count() != total or (self._table.get("merge") or "") != token)
-        exact = self._exact_max > 0 and total <= self._exact_max
         with self._lock:
-            if not exact:
-                self._exact = None
             index = self._exact
         index_stale = index is not None and len(index) != total
         if table_stale or index_stale:
@@ -511,9 +529,8 @@ class ChromaHistory:
         elif (self._table.get("merge") or "") != token:
             self._table.write([], [], None, bookkeeping={"merge": token})
         with self._lock:
-            index = self._exact
-        if exact and (index is None or len(index) != total):
-            self._load_exact()
+            if self._exact is not None and len(self._exact) != total:
+                self._exact = None  # records it cannot place (written without a write time): loaded anew on use
 
     def _pages(self, include: list[str], where: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Every record (matching ``where``) of the store, in pages of the client's maximum batch."""
@@ -560,7 +577,7 @@ class ChromaHistory:
             self._table.write(page["ids"], [decode_outcomes(m) for m in metadatas], vectors)
         self._table.write([], [], None, bookkeeping={"collection": identity, "written_seen": repr(newest)})
 
-    def _load_exact(self) -> None:
+    def _load_exact(self) -> ExactIndex:
         """Load the exact index (ids and embeddings) from the store."""
         ids: list[str] = []
         vectors: list[np.ndarray] = []
@@ -572,6 +589,7 @@ class ChromaHistory:
         index = ExactIndex(ids, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
         with self._lock:
             self._exact, self._exact_seen = index, max(self._exact_seen, newest)
+        return index
 
     def _note_unreachable(self, check: str, exc: Exception) -> None:
         """Log that the store cannot be reached, once per outage (the next successful check ends it)."""
