@@ -276,7 +276,7 @@ def bench_speed(
     )
     options = replace(options, embedder=embedder, seed=seed)
     with tempfile.TemporaryDirectory(prefix="llm-router-bench-speed-") as scratch:
-        result = speed.run(options, work_dir or Path(scratch))
+        result = speed.run(options, work_dir or Path(scratch), progress=lambda line: typer.echo(line, err=True))
     typer.echo(speed.format_table(result))
     if json_out:
         scale.write_json(result, json_out)

@@ -72,6 +72,7 @@ def test_a_quick_run_writes_every_number_and_the_plot(tmp_path: Path) -> None:
             summary = routes[stage][clock]
             assert summary["n"] == 20 and 0 <= summary["p50"] <= summary["p90"] <= summary["p99"]
     assert routes["route"]["wall_ms"]["p50"] >= routes["lookup"]["wall_ms"]["p50"] > 0
+    assert routes["call"]["wall_ms"]["n"] == routes["call"]["process_cpu_ms"]["n"] == 20
     concurrency = written["concurrency"]
     assert concurrency["records"] == 2000 and concurrency["embedder"] == "hashing-384"
     assert concurrency["routes"]["embedding"]["cpu_ms"]["n"] == 20
