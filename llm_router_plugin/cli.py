@@ -234,6 +234,58 @@ def bench_scale(
         typer.echo(f"wrote {json_out}")
 
 
+@app.command("bench-speed")
+def bench_speed(
+    sizes: Annotated[str, typer.Option(help="Comma-separated history sizes, increasing (the store grows).")] = (
+        "10000,100000,1000000"),
+    queries: Annotated[int, typer.Option(min=1, help="Routes timed per size.")] = 300,
+    clusters: Annotated[int, typer.Option(min=1, help="Centres the synthetic history is drawn around.")] = 300,
+    concurrency_size: Annotated[
+        int, typer.Option(min=0, help="The size of the real-embedder and concurrency run (0 skips it).")
+    ] = 100_000,
+    in_flight: Annotated[str, typer.Option(help="Comma-separated aroute() calls in flight.")] = "1,8,32",
+    embedder: Annotated[
+        str | None, typer.Option(help="Embedding model of the concurrency run (default: the bundled MiniLM).")
+    ] = None,
+    proxy_requests: Annotated[
+        int, typer.Option(min=0, help="Requests per proxy and in-flight count of the proxy run (0 skips it).")
+    ] = 200,
+    proxy_in_flight: Annotated[str, typer.Option(help="Comma-separated requests in flight at the proxies.")] = "1,16",
+    block: Annotated[int, typer.Option(min=1, help="Requests in a row on one proxy before the other's turn.")] = 20,
+    quick: Annotated[
+        bool, typer.Option(help="A short smoke run: 2,000 records, 20 queries, no proxies (size options ignored).")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Draws the history and the queries.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write route() latency vs history size (PNG).")] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Keep the history store, the routers' data and the servers' logs here "
+                                       "(default: a temporary folder, removed).")
+    ] = None,
+) -> None:
+    """Measure speed by history size: import, route() per stage, first route, concurrency, LiteLLM's added latency."""
+    import tempfile
+    from dataclasses import replace
+
+    from llm_router_plugin.bench import scale, speed
+
+    options = speed.QUICK if quick else speed.SpeedOptions(
+        sizes=parse_counts(sizes, "--sizes"), queries=queries, clusters=clusters, concurrency_size=concurrency_size,
+        in_flight=parse_counts(in_flight, "--in-flight"), proxy_requests=proxy_requests,
+        proxy_in_flight=parse_counts(proxy_in_flight, "--proxy-in-flight"), block=block,
+    )
+    options = replace(options, embedder=embedder, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="llm-router-bench-speed-") as scratch:
+        result = speed.run(options, work_dir or Path(scratch), progress=lambda line: typer.echo(line, err=True))
+    typer.echo(speed.format_table(result))
+    if json_out:
+        scale.write_json(result, json_out)
+        typer.echo(f"wrote {json_out}")
+    if plot:
+        speed.write_plot(result, plot)
+        typer.echo(f"wrote {plot}")
+
+
 def parse_counts(text: str, option: str) -> tuple[int, ...]:
     """Comma-separated whole numbers; an empty text is none.
 

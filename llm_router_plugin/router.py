@@ -42,6 +42,7 @@ from llm_router_plugin.learning import SAMPLE_SIZE, DualState, LearningStore, op
 from llm_router_plugin.outcomes import OutcomeRecorder
 from llm_router_plugin.pricing import resolve_prices, usage_estimate
 from llm_router_plugin.profiles import ProfileSet, default_profile_set
+from llm_router_plugin.timing import TimedNeighbours, stage
 from llm_router_plugin.validation import optional_token_count, token_count
 
 Phase = Literal["warmup", "learned", "explore", "fallback"]
@@ -251,7 +252,8 @@ class Router:
                          "from its %d prompts (llm-router profile build stores them)", profile_set.embedding_model,
                          self.embedder.name, len(profile_set.prompts))
         self.profile_set = profile_set.for_embedder(self.embedder)
-        self.estimator: Estimator = estimator or KnnEstimator(self.history, config.estimator, self.profile_set.centres)
+        self.estimator: Estimator = estimator or KnnEstimator(TimedNeighbours(self.history), config.estimator,
+                                                            self.profile_set.centres)
         self._clock = clock
         self._deployments = list(config.deployments)
         self._profiles = config.profiles
@@ -331,7 +333,8 @@ class Router:
                 with a budget or without, since none may be served without a hold (fails closed).
         """
         request = self._request(query, prompt_tokens, max_tokens, n, deployments)
-        embedding = self.embedder.embed([request.text])[0] if request.text else None
+        with stage("embedding"):
+            embedding = self.embedder.embed([request.text])[0] if request.text else None
         return self._decide(request, embedding)
 
     async def aroute(
@@ -377,6 +380,10 @@ class Router:
         return sorted({names.index(n) for n in deployments})
 
     def _decide(self, request: _Request, embedding: np.ndarray | None) -> Decision:
+        with stage("decide"):  # here, not in route(): aroute() decides in a worker thread
+            return self._choose(request, embedding)
+
+    def _choose(self, request: _Request, embedding: np.ndarray | None) -> Decision:
         # First: a store that is back serves this query with the outcomes queued, and a ledger that is back counts
         # the spend reported while it was away.
         self.outcomes.retry_queued()
@@ -392,7 +399,8 @@ class Router:
         else:
             self._check_dimension(embedding)
             try:
-                estimates = self.estimator.estimate(embedding[None, :], self._profiles)
+                with stage("estimate"):
+                    estimates = self.estimator.estimate(embedding[None, :], self._profiles)
             except STORE_UNREACHABLE as exc:
                 estimates, degraded = self._estimate_degraded(exc), True
         if degraded:
@@ -558,10 +566,11 @@ class Router:
     def _remaining(self, now: float) -> list[dict[str, float]]:
         limited = [d for d in self._deployments if d.budget_limits()]
         # One round trip for all of them: on a Redis ledger, one per deployment would dominate the route.
-        usages = dict(zip(
-            (d.name for d in limited),
-            self.ledger.usages([(d.name, self._window(d, now)) for d in limited], now), strict=True,
-        ))
+        with stage("ledger"):
+            usages = dict(zip(
+                (d.name for d in limited),
+                self.ledger.usages([(d.name, self._window(d, now)) for d in limited], now), strict=True,
+            ))
         out: list[dict[str, float]] = []
         for deployment in self._deployments:
             if deployment.name not in usages:
@@ -573,18 +582,17 @@ class Router:
 
     def _reserve(self, decision_id: str, index: int, usage: dict[str, float], now: float, enforce: bool) -> bool:
         deployment = self._deployments[index]
-        return self.ledger.try_reserve(
-            Reservation(
-                decision_id=decision_id,
-                deployment=deployment.name,
-                window=self._window(deployment, now),
-                amounts=self._held(usage),
-                limits=deployment.budget_limits() if enforce else {},
-                required=self._needed(usage),
-                expires_at=now + self.config.reservation_timeout_s,
-            ),
-            now,
+        reservation = Reservation(
+            decision_id=decision_id,
+            deployment=deployment.name,
+            window=self._window(deployment, now),
+            amounts=self._held(usage),
+            limits=deployment.budget_limits() if enforce else {},
+            required=self._needed(usage),
+            expires_at=now + self.config.reservation_timeout_s,
         )
+        with stage("ledger"):
+            return self.ledger.try_reserve(reservation, now)
 
     def _expected_remaining(self, deployment: DeploymentConfig, now: float, seen: int) -> float:
         """Queries still expected in the deployment's current window (at least 1), ``seen`` decisions so far."""
@@ -773,12 +781,13 @@ class Router:
     def _log_decision(self, decision_id: str, deployment: str, profile: str, phase: str, embedding: np.ndarray,
                       text: str | None, estimates: dict[str, dict[str, float]], now: float) -> int:
         """Log a decision here and count it in the shared learning state; the shared decision count."""
-        self.decisions.add(decision_id, deployment, profile, phase, embedding, text, estimates, created_at=now)
-        try:
-            self._known_count = self.learning.add(decision_id, profile, estimates, now)
-        except LedgerUnavailableError as exc:  # the decision is logged and its budget held: it must still be served
-            self._warn_learning(exc)
-            self._known_count += 1
+        with stage("log"):
+            self.decisions.add(decision_id, deployment, profile, phase, embedding, text, estimates, created_at=now)
+            try:
+                self._known_count = self.learning.add(decision_id, profile, estimates, now)
+            except LedgerUnavailableError as exc:  # the decision is logged and its budget held: it must be served
+                self._warn_learning(exc)
+                self._known_count += 1
         return self._known_count
 
     def _logged_estimates(self, quality: np.ndarray, usage: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -84,6 +84,33 @@ def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: Chroma
             "callback_settings": {"llm_router": settings}, "general_settings": {"master_key": MASTER_KEY}}
 
 
+def write_proxy_config(workdir: Path, data: DataFile, upstream_url: str, redis_url: str, chroma: ChromaServer,
+                       workers: int, expected_queries: int, *, routed: bool = True) -> Path:
+    """Write ``workdir/config.yaml`` (see :func:`proxy_config`) and, with the router, import ``data`` into its history.
+
+    Args:
+        workdir: the proxy's folder (created); the router's data goes to ``workdir/router``.
+        data: the history the router reads (imported once: rows already stored are skipped).
+        upstream_url: the replay upstream.
+        redis_url: the shared Redis ledger.
+        chroma: the shared Chroma server.
+        workers: the worker count (names the ledger namespace).
+        expected_queries: requests the budgets are paced over.
+        routed: with the router callback; ``False``: LiteLLM alone.
+
+    Returns:
+        The config file's path.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    config = proxy_config(workdir / "router", upstream_url, redis_url, chroma, workers, expected_queries, routed=routed)
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    if routed:
+        adapter = LiteLLMAdapter.from_proxy_config(path)
+        import_history(data, adapter.history, adapter.embedder)
+    return path
+
+
 async def send(url: str, warmup: Sequence[str], prompts: Sequence[str], concurrency: int
                ) -> tuple[list[float], float, int]:
     """Post the warm-up prompts, then (timed) every prompt, with ``concurrency`` requests in flight.
@@ -144,16 +171,10 @@ def measure_proxy(workdir: Path, data: DataFile, upstream_url: str, redis_url: s
         (summary), ``errors``, ``warmup_requests`` and ``load_average`` (the host's, when the measured requests
         ended: other work on the host shows there).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
     warmup = 2 * options.concurrency  # enough connections that every worker builds its router before the clock
     prompts = [row.prompt for row in draw_queries(data.rows, warmup + options.requests, options.seed + workers)]
-    path = workdir / "config.yaml"
-    config = proxy_config(workdir / "router", upstream_url, redis_url, chroma, workers, warmup + options.requests,
-                          routed=routed)
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    if routed:
-        adapter = LiteLLMAdapter.from_proxy_config(path)
-        import_history(data, adapter.history, adapter.embedder)  # idempotent: the first worker count imports
+    path = write_proxy_config(workdir, data, upstream_url, redis_url, chroma, workers, warmup + options.requests,
+                              routed=routed)
     with LiteLLMProxy(path, log=workdir / "proxy.log", num_workers=workers, startup_timeout=300) as proxy:
         latencies, seconds, errors = asyncio.run(send(proxy.url, prompts[:warmup], prompts[warmup:],
                                                       options.concurrency))
