@@ -34,7 +34,8 @@ from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.dataset import DataFile, ImportReport, import_history, read_data
 from llm_router_plugin.decisions import DecisionLog
 from llm_router_plugin.duals import Budgets, DualSolution, pick, scores, solve_max_quality, solve_quality_target
-from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, make_embedder, query_text
+from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, query_text
+from llm_router_plugin.embedding_batch import configured_embedder
 from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, LedgerUnavailableError
 from llm_router_plugin.estimator import PRIOR_QUALITY, Estimates, Estimator, KnnEstimator, mean_estimates
 from llm_router_plugin.history import FIELDS, STORE_UNREACHABLE, ChromaHistory
@@ -235,9 +236,7 @@ class Router:
         ledger_password: str | None = None,
     ) -> None:
         self.config = config
-        self.embedder = embedder or make_embedder(
-            config.embedding_model, config.embedding_threads, config.embedding_keep
-        )
+        self.embedder = embedder or configured_embedder(config)
         data_dir = Path(config.data_dir)
         self.history = history or ChromaHistory.from_config(config)
         self.ledger: BudgetLedger = ledger or open_ledger(config, password=ledger_password)
