@@ -224,6 +224,9 @@ class RouterConfig(BaseModel):
             query in a pass of its own. Batching pays where a pass has a large fixed cost (a GPU, a remote embedding
             service); MiniLM on a CPU is bound by its arithmetic, and batches of 32 cost more per text than single
             passes (README, Configuration).
+        embedding_cache: the SQLite file keeping the embeddings of imported texts, keyed by text and embedding model,
+            so that no import embeds a text twice; ``None`` = ``<data_dir>/embeddings.sqlite3``. Data folders may
+            share one file.
         reservation_timeout_s: a reservation whose outcome is never recorded (its process crashed mid-call) is
             charged at its reserved amount after this many seconds: the call may have happened. A late record
             replaces that charge by the actual usage; a late failure refunds it.
@@ -269,6 +272,7 @@ class RouterConfig(BaseModel):
     embedding_keep: Literal["tail", "head"] = "tail"
     embedding_batch_ms: float = Field(default=2.0, ge=0, le=1000)
     embedding_batch_size: int = Field(default=1, ge=1)
+    embedding_cache: Path | None = None
     reservation_timeout_s: float = Field(default=600.0, gt=0)
     reserve_margin: float = Field(default=1.0, ge=0)
     store_prompts: bool = False
