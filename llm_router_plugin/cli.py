@@ -17,6 +17,7 @@ import typer
 from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.dataset import bundled_path, import_history, read_data
 from llm_router_plugin.embedding import Keep, make_embedder
+from llm_router_plugin.embedding_cache import CachingEmbedder, cache_path
 from llm_router_plugin.errors import RouterError
 from llm_router_plugin.history import ChromaHistory, StoreNotConnectedError
 from llm_router_plugin.onboarding import onboard as onboard_model
@@ -59,7 +60,7 @@ def load_config(path: Path | None) -> RouterConfig:
 def import_command(
     file: Annotated[Path | None, typer.Argument(help="CSV/JSONL, unified schema (default: shipped sample)")] = None,
     config: ConfigOption = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows embedded and written per transaction.")] = 256,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows embedded per forward pass.")] = 256,
     strict: Annotated[bool, typer.Option(help="Refuse the whole file if any row is invalid.")] = False,
 ) -> None:
     """Embed a history file's rows and add them to the router's Chroma history (idempotent)."""
@@ -72,11 +73,14 @@ def import_command(
             raise typer.Exit(1)
     # No Router here: its start-up checks (a price for every USD budget) may need the very history being imported.
     history = ChromaHistory.from_config(cfg)
-    embedder = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep)
+    embedder = CachingEmbedder(make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep),
+                               cache_path(cfg))
     report = import_history(data, history, embedder, batch_size=batch_size, store_prompts=cfg.store_prompts,
                             progress=True)
     typer.echo(f"imported {report.added} new record(s), {report.existing} already present, {report.rejected} "
                f"rejected; models: {', '.join(report.models)}; history now {history.count()} records")
+    typer.echo(f"{report.seconds:.1f} s: {report.rate:.0f} records/s, {report.write_rate:.0f} records/s excluding "
+               f"embedding ({report.embedding_seconds:.1f} s)")
     missing = [d.model for d in cfg.deployments if d.model not in report.models]
     if missing:
         typer.echo(f"note: this file has no outcomes for profiles {missing}", err=True)

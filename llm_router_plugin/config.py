@@ -217,6 +217,16 @@ class RouterConfig(BaseModel):
         embedding_threads: torch CPU threads for embedding; ``None`` = torch's default.
         embedding_keep: which end of a prompt longer than the model's window is embedded: ``"tail"`` (the latest
             message and the question, after any shared system prompt or examples) or ``"head"``.
+        embedding_batch_ms: under concurrent load, how long (milliseconds) a query's embedding may wait for others
+            to share its forward pass (a lone query never waits; 0 = only queries queued behind a running pass share
+            the next one).
+        embedding_batch_size: most concurrent query texts embedded in one forward pass; 1 (the default) = every
+            query in a pass of its own. Batching pays where a pass has a large fixed cost (a GPU, a remote embedding
+            service); MiniLM on a CPU is bound by its arithmetic, and batches of 32 cost more per text than single
+            passes (README, Configuration).
+        embedding_cache: the SQLite file keeping the embeddings of imported texts, keyed by text and embedding model,
+            so that no import embeds a text twice; ``None`` = ``<data_dir>/embeddings.sqlite3``. Data folders may
+            share one file.
         reservation_timeout_s: a reservation whose outcome is never recorded (its process crashed mid-call) is
             charged at its reserved amount after this many seconds: the call may have happened. A late record
             replaces that charge by the actual usage; a late failure refunds it.
@@ -260,6 +270,9 @@ class RouterConfig(BaseModel):
     embedding_model: str | None = None
     embedding_threads: int | None = Field(default=None, ge=1)
     embedding_keep: Literal["tail", "head"] = "tail"
+    embedding_batch_ms: float = Field(default=2.0, ge=0, le=1000)
+    embedding_batch_size: int = Field(default=1, ge=1)
+    embedding_cache: Path | None = None
     reservation_timeout_s: float = Field(default=600.0, gt=0)
     reserve_margin: float = Field(default=1.0, ge=0)
     store_prompts: bool = False

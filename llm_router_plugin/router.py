@@ -34,7 +34,9 @@ from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.dataset import DataFile, ImportReport, import_history, read_data
 from llm_router_plugin.decisions import DecisionLog
 from llm_router_plugin.duals import Budgets, DualSolution, pick, scores, solve_max_quality, solve_quality_target
-from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, make_embedder, query_text
+from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, query_text
+from llm_router_plugin.embedding_batch import configured_embedder
+from llm_router_plugin.embedding_cache import CachingEmbedder, cache_path
 from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, LedgerUnavailableError
 from llm_router_plugin.estimator import PRIOR_QUALITY, Estimates, Estimator, KnnEstimator, mean_estimates
 from llm_router_plugin.history import FIELDS, STORE_UNREACHABLE, ChromaHistory
@@ -236,9 +238,7 @@ class Router:
         ledger_password: str | None = None,
     ) -> None:
         self.config = config
-        self.embedder = embedder or make_embedder(
-            config.embedding_model, config.embedding_threads, config.embedding_keep
-        )
+        self.embedder = embedder or configured_embedder(config)
         data_dir = Path(config.data_dir)
         self.history = history or ChromaHistory.from_config(config)
         self.ledger: BudgetLedger = ledger or open_ledger(config, password=ledger_password)
@@ -958,13 +958,16 @@ class Router:
     ) -> ImportReport:
         """Embed a data file's valid rows into this router's history, keeping prompt texts only if the config does.
 
+        Texts embedded before under the same embedding model (by any import sharing the config's embedding cache,
+        see ``embedding_cache``) are read from the cache, not embedded again.
+
         Args:
             data: a parsed file, or the path of one (see :func:`~llm_router_plugin.read_data`).
-            batch_size: rows embedded and written per transaction.
+            batch_size: rows per embedding call.
             progress: show a progress bar.
 
         Returns:
-            Counts of added, existing and rejected rows.
+            Counts of added, existing and rejected rows, and the time it took.
 
         Raises:
             FileNotFoundError: ``data`` names no file.
@@ -972,8 +975,8 @@ class Router:
             ValueError: ``batch_size`` is below 1.
         """
         parsed = data if isinstance(data, DataFile) else read_data(data)
-        return import_history(parsed, self.history, self.embedder, batch_size=batch_size,
-                              store_prompts=self.config.store_prompts, progress=progress)
+        return import_history(parsed, self.history, CachingEmbedder(self.embedder, cache_path(self.config)),
+                              batch_size=batch_size, store_prompts=self.config.store_prompts, progress=progress)
 
 def _load_profile_set(path: Path | None) -> ProfileSet:
     """The profile set a config names, else the shipped one; an unreadable file is a ``ValueError`` naming it."""

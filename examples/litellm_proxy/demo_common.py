@@ -21,6 +21,7 @@ from llm_router_litellm import LiteLLMAdapter, deployment_config
 from llm_router_plugin import DataFile, bundled_path, import_history, read_data
 from llm_router_plugin.cli import format_status
 from llm_router_plugin.dataset import DataRow
+from llm_router_plugin.embedding_cache import CACHE_FILE, CachingEmbedder, cache_path
 
 CONFIG = Path(__file__).with_name("config.yaml")
 #: The routed model group of config.yaml.
@@ -43,6 +44,9 @@ def load_config(api_base: str, data_dir: Path, embedding_model: str | None) -> d
         deployment["litellm_params"]["api_base"] = api_base
     settings = config["callback_settings"]["llm_router"]
     settings["data_dir"] = str(data_dir)
+    # The embedding cache of the folder above: for the default --data-dir, .llm-router's, which `llm-router import`
+    # (make demo) fills, so the demo embeds none of its texts again.
+    settings["embedding_cache"] = str(data_dir.parent / CACHE_FILE)
     if embedding_model:
         settings["embedding_model"] = embedding_model
     return config
@@ -61,7 +65,8 @@ def routerbench(queries: int, seed: int = 0) -> tuple[DataFile, list[DataRow]]:
 def prepare(adapter: LiteLLMAdapter, history: DataFile) -> None:
     """Import the history (skipped when already there) and start every routed group's budgets afresh."""
     shutil.rmtree(Path(adapter.settings.data_dir) / "litellm", ignore_errors=True)
-    report = import_history(history, adapter.history, adapter.embedder, store_prompts=adapter.settings.store_prompts,
+    embedder = CachingEmbedder(adapter.embedder, cache_path(adapter.settings))
+    report = import_history(history, adapter.history, embedder, store_prompts=adapter.settings.store_prompts,
                             progress=True)
     print(f"history: {report.added} rows added, {report.existing} already there")
 

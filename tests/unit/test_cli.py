@@ -1,4 +1,5 @@
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -30,10 +31,12 @@ def history(tmp_path: Path) -> Path:
     return path
 
 
-def test_import_status_route(config: Path, history: Path) -> None:
+def test_import_status_route(config: Path, history: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["import", str(history), "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "imported 30 new record(s)" in result.output
+    assert re.search(r"\d+ records/s, \d+ records/s excluding embedding", result.output)
+    assert (tmp_path / "data" / "embeddings.sqlite3").exists()  # a new import of these texts embeds none
     again = runner.invoke(app, ["import", str(history), "--config", str(config)])
     assert "imported 0 new record(s), 30 already present" in again.output
 

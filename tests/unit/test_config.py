@@ -34,6 +34,8 @@ def test_defaults_and_profiles() -> None:
         (config(quality_target=1.5), "quality_target"),
         (config(estimator={"k": 0}), "estimator.k"),
         (config(unknown_knob=1), "unknown_knob"),
+        (config(embedding_batch_ms=-1), "embedding_batch_ms"),
+        (config(embedding_batch_size=0), "embedding_batch_size"),
     ],
 )
 def test_invalid_config_names_the_field(data: dict, field: str) -> None:

@@ -1,18 +1,22 @@
 import gzip
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llm_router_plugin import (
     ChromaHistory,
     HashingEmbedder,
     HistoryFormatError,
+    Router,
     bundled_path,
     import_history,
     read_data,
 )
+from llm_router_plugin.history import HistoryRecord
 
 HEADER = "prompt,eval_name,split,sample_id,m1,m1|total_cost,m2\n"
 
@@ -150,3 +154,77 @@ def test_import_keeps_prompt_texts_only_when_asked(tmp_path: Path) -> None:
     kept = ChromaHistory(tmp_path / "kept")
     import_history(data, kept, HashingEmbedder(16), store_prompts=True)
     assert sorted(t or "" for t in stored_texts(kept)) == ["a b c", "d e f"]
+
+
+class CountingEmbedder(HashingEmbedder):
+    """Records every embedding call."""
+
+    def __init__(self) -> None:
+        super().__init__(16)
+        self.calls: list[list[str]] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return super().embed(texts)
+
+    def embedded(self, prefix: str) -> list[str]:
+        """The texts embedded that start with ``prefix`` (a router also embeds its profile set's prompts)."""
+        return [text for call in self.calls for text in call if text.startswith(prefix)]
+
+
+class CountingHistory(ChromaHistory):
+    """Records the size of every write."""
+
+    writes: list[int]
+
+    def upsert(self, records: Sequence[HistoryRecord]) -> None:
+        self.writes = [*getattr(self, "writes", []), len(records)]
+        super().upsert(records)
+
+
+def test_import_embeds_in_batches_and_writes_thousands_of_rows_per_call(tmp_path: Path) -> None:
+    path = write(tmp_path, "".join(f"question {i},t,s,{i},1.0,0.1,0\n" for i in range(1300)))
+    store, embedder = CountingHistory(tmp_path / "chroma"), CountingEmbedder()
+    report = import_history(read_data(path), store, embedder, batch_size=256, write_batch=1000)
+    # Embedding batches never straddle a write batch.
+    assert [len(call) for call in embedder.calls] == [256, 256, 256, 232, 256, 44]
+    assert store.writes == [1000, 300]
+    assert report.added == store.count() == 1300
+    assert 0 < report.embedding_seconds <= report.seconds
+    assert report.rate == pytest.approx(1300 / report.seconds)
+    assert report.write_rate == pytest.approx(1300 / (report.seconds - report.embedding_seconds))
+
+
+def test_an_import_that_adds_nothing_has_no_rate(tmp_path: Path) -> None:
+    path = write(tmp_path, "a b c,t,s,1,1.0,0.1,0\n")
+    store = ChromaHistory(tmp_path / "chroma")
+    import_history(read_data(path), store, HashingEmbedder(16))
+    again = import_history(read_data(path), store, HashingEmbedder(16))
+    assert (again.added, again.rate, again.write_rate) == (0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("field", ["batch_size", "write_batch"])
+def test_import_batch_sizes_below_one_name_the_field(tmp_path: Path, field: str) -> None:
+    path = write(tmp_path, "a b c,t,s,1,1.0,0.1,0\n")
+    with pytest.raises(ValueError, match=field):
+        import_history(read_data(path), ChromaHistory(tmp_path / "chroma"), HashingEmbedder(16),
+                       **{field: 0})  # type: ignore[arg-type]
+
+
+def test_router_import_into_a_new_data_dir_reads_the_shared_embedding_cache(tmp_path: Path) -> None:
+    path = write(tmp_path, "".join(f"question {i},t,s,{i},1.0,0.1,0\n" for i in range(40)))
+    settings = {"deployments": [{"name": "a", "model": "m1"}], "embedding_cache": str(tmp_path / "shared.sqlite3")}
+    first = CountingEmbedder()
+    Router.from_config({**settings, "data_dir": str(tmp_path / "one")}, embedder=first).import_history(path)
+    second = CountingEmbedder()
+    router = Router.from_config({**settings, "data_dir": str(tmp_path / "two")}, embedder=second)
+    report = router.import_history(path)
+    assert (len(first.embedded("question ")), second.embedded("question "), report.added) == (40, [], 40)
+    assert router.history.count() == 40
+
+
+def test_router_import_caches_embeddings_in_its_data_dir_by_default(tmp_path: Path) -> None:
+    path = write(tmp_path, "a b c,t,s,1,1.0,0.1,0\n")
+    Router.from_config({"deployments": [{"name": "a", "model": "m1"}], "data_dir": str(tmp_path / "data")},
+                       embedder=CountingEmbedder()).import_history(path)
+    assert (tmp_path / "data" / "embeddings.sqlite3").exists()

@@ -55,7 +55,8 @@ import yaml
 from litellm.exceptions import RateLimitErrorCategory, RateLimitType
 
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
-from llm_router_plugin.embedding import Embedder, make_embedder
+from llm_router_plugin.embedding import Embedder
+from llm_router_plugin.embedding_batch import configured_embedder
 from llm_router_plugin.errors import (
     BudgetExhaustedError,
     EmptyQueryError,
@@ -298,9 +299,7 @@ class LiteLLMAdapter:
             raise ValueError(f"settings: 'deployments' come from the LiteLLM model_list (model_info.{KEY}); remove it")
         # Validated now, with a stand-in deployment, so that a bad setting fails at start-up and not on a request.
         self.settings = RouterConfig.from_dict({**settings, "deployments": [{"name": _PLACEHOLDER}]})
-        self.embedder = embedder or make_embedder(
-            self.settings.embedding_model, self.settings.embedding_threads, self.settings.embedding_keep
-        )
+        self.embedder = embedder or configured_embedder(self.settings)
         self.history = ChromaHistory.from_config(self.settings)
         self._model_list = model_list
         self._ledger_password = ledger_password
