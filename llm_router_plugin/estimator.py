@@ -29,6 +29,7 @@ import numpy as np
 
 from llm_router_plugin.config import EstimatorConfig
 from llm_router_plugin.history import FIELDS, ClusterStats, Neighbours
+from llm_router_plugin.timing import stage
 
 _QUALITY, _PROMPT, _COMPLETION, _COST = (FIELDS.index(f) for f in FIELDS)
 
@@ -263,7 +264,8 @@ class KnnEstimator:
         """
         embeddings = np.atleast_2d(embeddings)
         read = max(self._config.k, self._config.pool)
-        neighbours = self._history.neighbours(embeddings, read, profiles)
+        with stage("lookup"):
+            neighbours = self._history.neighbours(embeddings, read, profiles)
         means = self._history.profile_means(profiles)
         estimates = combine(neighbours, means, self._config, self._cluster_estimates(embeddings, profiles, means))
         if self._config.tie_break <= 0:

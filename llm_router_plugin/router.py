@@ -44,7 +44,7 @@ from llm_router_plugin.learning import SAMPLE_SIZE, DualState, LearningStore, op
 from llm_router_plugin.outcomes import OutcomeRecorder
 from llm_router_plugin.pricing import resolve_prices, usage_estimate
 from llm_router_plugin.profiles import ProfileSet, default_profile_set
-from llm_router_plugin.timing import TimedNeighbours, stage
+from llm_router_plugin.timing import stage
 from llm_router_plugin.validation import optional_token_count, token_count
 
 Phase = Literal["warmup", "learned", "explore", "fallback"]
@@ -252,8 +252,7 @@ class Router:
                          "from its %d prompts (llm-router profile build stores them)", profile_set.embedding_model,
                          self.embedder.name, len(profile_set.prompts))
         self.profile_set = profile_set.for_embedder(self.embedder)
-        self.estimator: Estimator = estimator or KnnEstimator(TimedNeighbours(self.history), config.estimator,
-                                                            self.profile_set.centres)
+        self.estimator: Estimator = estimator or KnnEstimator(self.history, config.estimator, self.profile_set.centres)
         self._clock = clock
         self._deployments = list(config.deployments)
         self._profiles = config.profiles

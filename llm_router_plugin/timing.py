@@ -24,13 +24,6 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
-
-import numpy as np
-
-if TYPE_CHECKING:
-    from llm_router_plugin.estimator import NeighbourSource
-    from llm_router_plugin.history import ClusterStats, Neighbours
 
 
 @dataclass(frozen=True)
@@ -118,27 +111,3 @@ def stage(name: str) -> AbstractContextManager[None]:
     """
     times = _collector.get()
     return _OFF if times is None else _Timer(name, times)
-
-
-class TimedNeighbours:
-    """A history as the estimator reads it, with its neighbour queries timed as stage ``lookup``.
-
-    Args:
-        source: the history store.
-    """
-
-    def __init__(self, source: NeighbourSource) -> None:
-        self._source = source
-
-    def neighbours(self, embeddings: np.ndarray, k: int, profiles: list[str]) -> Neighbours:
-        """The source's neighbours, timed."""
-        with stage("lookup"):
-            return self._source.neighbours(embeddings, k, profiles)
-
-    def profile_means(self, profiles: list[str]) -> np.ndarray:
-        """The source's profile means."""
-        return self._source.profile_means(profiles)
-
-    def cluster_stats(self, centres: np.ndarray, profiles: list[str]) -> ClusterStats:
-        """The source's cluster statistics."""
-        return self._source.cluster_stats(centres, profiles)
