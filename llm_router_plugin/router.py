@@ -34,7 +34,7 @@ from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.dataset import DataFile, ImportReport, import_history, read_data
 from llm_router_plugin.decisions import DecisionLog
 from llm_router_plugin.duals import Budgets, DualSolution, pick, scores, solve_max_quality, solve_quality_target
-from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, make_embedder, query_text
+from llm_router_plugin.embedding import Embedder, Query, embedding_space, estimate_tokens, make_embedder, query_text
 from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, LedgerUnavailableError
 from llm_router_plugin.estimator import PRIOR_QUALITY, Estimates, Estimator, KnnEstimator, mean_estimates
 from llm_router_plugin.history import FIELDS, STORE_UNREACHABLE, ChromaHistory
@@ -236,7 +236,7 @@ class Router:
     ) -> None:
         self.config = config
         self.embedder = embedder or make_embedder(
-            config.embedding_model, config.embedding_threads, config.embedding_keep
+            config.embedding_model, config.embedding_threads, config.embedding_keep, config.embedding_backend
         )
         data_dir = Path(config.data_dir)
         self.history = history or ChromaHistory.from_config(config)
@@ -246,7 +246,7 @@ class Router:
                                                                        password=ledger_password)
         if profile_set is None:
             profile_set = _load_profile_set(config.profile_set)
-        if profile_set.embedding_model != self.embedder.name:
+        if embedding_space(profile_set.embedding_model) != embedding_space(self.embedder.name):
             _log.warning("profile set built with embedder %s, the router uses %s: its cluster centres are recomputed "
                          "from its %d prompts (llm-router profile build stores them)", profile_set.embedding_model,
                          self.embedder.name, len(profile_set.prompts))

@@ -299,7 +299,8 @@ class LiteLLMAdapter:
         # Validated now, with a stand-in deployment, so that a bad setting fails at start-up and not on a request.
         self.settings = RouterConfig.from_dict({**settings, "deployments": [{"name": _PLACEHOLDER}]})
         self.embedder = embedder or make_embedder(
-            self.settings.embedding_model, self.settings.embedding_threads, self.settings.embedding_keep
+            self.settings.embedding_model, self.settings.embedding_threads, self.settings.embedding_keep,
+            self.settings.embedding_backend,
         )
         self.history = ChromaHistory.from_config(self.settings)
         self._model_list = model_list
