@@ -11,6 +11,7 @@ from llm_router_plugin.dataset import DataFile, ImportReport, bundled_path, impo
 from llm_router_plugin.embedding import (
     Embedder,
     HashingEmbedder,
+    OnnxInt8Embedder,
     SentenceTransformerEmbedder,
     estimate_tokens,
     extract_text,
@@ -55,6 +56,7 @@ __all__ = [
     "LedgerUnavailableError",
     "ModelOutcome",
     "OnboardReport",
+    "OnnxInt8Embedder",
     "ProfilePrompt",
     "ProfileSet",
     "Reservation",

@@ -16,7 +16,7 @@ import typer
 
 from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.dataset import bundled_path, import_history, read_data
-from llm_router_plugin.embedding import Keep, make_embedder
+from llm_router_plugin.embedding import Backend, Keep, make_embedder
 from llm_router_plugin.embedding_cache import CachingEmbedder, cache_path
 from llm_router_plugin.errors import RouterError
 from llm_router_plugin.history import ChromaHistory, StoreNotConnectedError
@@ -73,8 +73,8 @@ def import_command(
             raise typer.Exit(1)
     # No Router here: its start-up checks (a price for every USD budget) may need the very history being imported.
     history = ChromaHistory.from_config(cfg)
-    embedder = CachingEmbedder(make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep),
-                               cache_path(cfg))
+    embedder = CachingEmbedder(make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep,
+                                             cfg.embedding_backend), cache_path(cfg))
     report = import_history(data, history, embedder, batch_size=batch_size, store_prompts=cfg.store_prompts,
                             progress=True)
     typer.echo(f"imported {report.added} new record(s), {report.existing} already present, {report.rejected} "
@@ -139,7 +139,10 @@ def bench(
     ] = None,
     per_run: Annotated[bool, typer.Option(help="Print the table of every (seed, split), not only the mean.")] = True,
     embedder: Annotated[str | None, typer.Option(help="Embedding model (default: bundled all-MiniLM-L6-v2).")] = None,
-    threads: Annotated[int, typer.Option(min=1, help="Torch CPU threads for embedding.")] = 2,
+    backend: Annotated[
+        Backend, typer.Option(help="What runs the bundled MiniLM: torch (fp32) or onnx-int8 (its int8 weights).")
+    ] = "torch",
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for embedding.")] = 1,
     keep: Annotated[
         Keep,
         typer.Option(help="Which end of a long prompt every policy's embeddings see: head (what sentence-transformers "
@@ -172,7 +175,7 @@ def bench(
             policies=tuple(protocol.parse_list(policies, tuple(UNSEEN_POLICIES), "--policies")) if policies
             else tuple(UNSEEN_POLICIES),
         )
-        unseen_result = run_unseen(problem, make_embedder(embedder, threads, keep), unseen_options,
+        unseen_result = run_unseen(problem, make_embedder(embedder, threads, keep, backend), unseen_options,
                                    EmbeddingCache(cache_dir))
         typer.echo(report.unseen_table(unseen_result))
         typer.echo(f"wall time {unseen_result.seconds:.0f} s")
@@ -188,7 +191,7 @@ def bench(
         else runner.DEFAULT_POLICIES,
         plot_multipliers=runner.PLOT_MULTIPLIERS if plot else (), profile_size=profile_size, clusters=clusters,
     )
-    result = runner.run_benchmark(problem, make_embedder(embedder, threads, keep), options,
+    result = runner.run_benchmark(problem, make_embedder(embedder, threads, keep, backend), options,
                                   EmbeddingCache(cache_dir))
     if per_run:
         for run in result.runs:
@@ -483,7 +486,7 @@ def onboard(
                    err=True)
         raise typer.Exit(2)
     history = ChromaHistory.from_config(cfg)
-    embedder = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep)
+    embedder = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep, cfg.embedding_backend)
     report = onboard_model(model, parsed, history, embedder, cfg.store_prompts)
     typer.echo(f"onboarded {model}: {report.updated + report.added} profile outcome(s) ({report.scored} scored; "
                f"{report.updated} merged into existing records, {report.added} new), {report.skipped} failed "
@@ -525,7 +528,7 @@ def profile_build_command(
         rows = {row.record_id: row for row in read_data(data or bundled_path()).rows}
         texts = [text or (rows[i].prompt if i in rows else None) for i, text in zip(ids, texts, strict=True)]
         tasks = [task or (rows[i].task if i in rows else None) for i, task in zip(ids, tasks, strict=True)]
-    name = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep).name
+    name = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep, cfg.embedding_backend).name
     profile = build_profile_set(ids, vectors, texts, tasks, embedding_model=name, size=size,
                                 clusters=min(clusters, len(ids)), seed=seed)
     profile.save(out)

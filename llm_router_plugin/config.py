@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llm_router_plugin._files import read_yaml
+from llm_router_plugin.embedding import Backend, check_backend
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -214,7 +215,13 @@ class RouterConfig(BaseModel):
             1.5 KB a record; deterministic, and not misled by many identical vectors as HNSW is); above it, by
             Chroma's approximate HNSW index. 0 = always HNSW.
         embedding_model: sentence-transformers model name or path; ``None`` = the bundled all-MiniLM-L6-v2.
-        embedding_threads: torch CPU threads for embedding; ``None`` = torch's default.
+        embedding_backend: what runs the bundled all-MiniLM-L6-v2: ``"torch"`` (sentence-transformers, fp32) or
+            ``"onnx-int8"`` (its int8 weights on onnxruntime, without ``embedding_model``). Both give vectors of one
+            space: the int8 ones are within cosine 0.999 of the fp32 ones, so a history and profile set embedded with
+            either serve the other (README, "Embedding backends", for speed and benchmark quality).
+        embedding_threads: CPU threads the embedder computes with (torch's for the whole process, or the
+            onnxruntime session's). 1 by default: with two threads on a busy host a prompt embedded 11.5 times
+            slower than with one; raise it only on cores nothing else uses.
         embedding_keep: which end of a prompt longer than the model's window is embedded: ``"tail"`` (the latest
             message and the question, after any shared system prompt or examples) or ``"head"``.
         embedding_batch_ms: under concurrent load, how long (milliseconds) a query's embedding may wait for others
@@ -268,7 +275,8 @@ class RouterConfig(BaseModel):
     collection: str = Field(default="history", min_length=3)
     exact_search_max: int = Field(default=20_000, ge=0)
     embedding_model: str | None = None
-    embedding_threads: int | None = Field(default=None, ge=1)
+    embedding_backend: Backend = "torch"
+    embedding_threads: int = Field(default=1, ge=1)
     embedding_keep: Literal["tail", "head"] = "tail"
     embedding_batch_ms: float = Field(default=2.0, ge=0, le=1000)
     embedding_batch_size: int = Field(default=1, ge=1)
@@ -310,6 +318,11 @@ class RouterConfig(BaseModel):
     def _check_mode(self) -> RouterConfig:
         if self.mode == "quality_target" and self.quality_target is None:
             raise ValueError("quality_target: mode 'quality_target' needs quality_target (a number in [0, 1])")
+        return self
+
+    @model_validator(mode="after")
+    def _check_embedding_backend(self) -> RouterConfig:
+        check_backend(self.embedding_model, self.embedding_backend)
         return self
 
     @model_validator(mode="after")

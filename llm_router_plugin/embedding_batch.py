@@ -167,12 +167,13 @@ def configured_embedder(config: RouterConfig) -> Embedder:
 
     Args:
         config: the router config (``embedding_model``, ``embedding_threads``, ``embedding_keep``,
-            ``embedding_batch_ms``, ``embedding_batch_size``).
+            ``embedding_backend``, ``embedding_batch_ms``, ``embedding_batch_size``).
 
     Returns:
         The embedder (sentence-transformers models load lazily on first use).
     """
-    embedder = make_embedder(config.embedding_model, config.embedding_threads, config.embedding_keep)
+    embedder = make_embedder(config.embedding_model, config.embedding_threads, config.embedding_keep,
+                             config.embedding_backend)
     if config.embedding_batch_size == 1:
         return embedder
     return BatchingEmbedder(embedder, window_ms=config.embedding_batch_ms, max_batch=config.embedding_batch_size)

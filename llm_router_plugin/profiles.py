@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_router_plugin.dataset import bundled_path
-from llm_router_plugin.embedding import Embedder
+from llm_router_plugin.embedding import Embedder, embedding_space
 
 #: Version of the file format, in the header line.
 PROFILE_FORMAT = 1
@@ -91,11 +91,12 @@ class ProfileSet:
     def for_embedder(self, embedder: Embedder) -> ProfileSet:
         """This set with its centres in ``embedder``'s space.
 
-        The stored centres when ``embedder`` is the one they were computed with; else each cluster's centre is the
+        The stored centres when ``embedder`` is the one they were computed with, or another run of its model (its int8
+        weights: :func:`~llm_router_plugin.embedding.embedding_space`); else each cluster's centre is the
         normalised mean of its profile prompts' embeddings (a cluster without prompts gets a zero centre, which a
         query joins only if it is further from every other centre than orthogonal).
         """
-        if embedder.name == self.embedding_model:
+        if embedding_space(embedder.name) == embedding_space(self.embedding_model):
             return self
         vectors = np.asarray(embedder.embed([p.prompt for p in self.prompts]), dtype=np.float32)
         labels = np.array([p.cluster for p in self.prompts], dtype=int)

@@ -34,7 +34,7 @@ from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.dataset import DataFile, ImportReport, import_history, read_data
 from llm_router_plugin.decisions import DecisionLog
 from llm_router_plugin.duals import Budgets, DualSolution, pick, scores, solve_max_quality, solve_quality_target
-from llm_router_plugin.embedding import Embedder, Query, estimate_tokens, query_text
+from llm_router_plugin.embedding import Embedder, Query, embedding_space, estimate_tokens, query_text
 from llm_router_plugin.embedding_batch import configured_embedder
 from llm_router_plugin.embedding_cache import CachingEmbedder, cache_path
 from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, LedgerUnavailableError
@@ -247,7 +247,7 @@ class Router:
                                                                        password=ledger_password)
         if profile_set is None:
             profile_set = _load_profile_set(config.profile_set)
-        if profile_set.embedding_model != self.embedder.name:
+        if embedding_space(profile_set.embedding_model) != embedding_space(self.embedder.name):
             _log.warning("profile set built with embedder %s, the router uses %s: its cluster centres are recomputed "
                          "from its %d prompts (llm-router profile build stores them)", profile_set.embedding_model,
                          self.embedder.name, len(profile_set.prompts))

@@ -20,6 +20,7 @@ def test_defaults_and_profiles() -> None:
     assert cfg.estimator.k == 5
     assert cfg.deployments[0].budget_limits() == {"tokens": 100.0}
     assert cfg.deployments[1].budget_limits() == {}
+    assert cfg.embedding_threads == 1 and cfg.embedding_backend == "torch"
 
 
 @pytest.mark.parametrize(
@@ -36,6 +37,9 @@ def test_defaults_and_profiles() -> None:
         (config(unknown_knob=1), "unknown_knob"),
         (config(embedding_batch_ms=-1), "embedding_batch_ms"),
         (config(embedding_batch_size=0), "embedding_batch_size"),
+        (config(embedding_backend="fp16"), "embedding_backend"),
+        (config(embedding_backend="onnx-int8", embedding_model="hashing-64"), "embedding_backend"),
+        (config(embedding_threads=0), "embedding_threads"),
     ],
 )
 def test_invalid_config_names_the_field(data: dict, field: str) -> None:

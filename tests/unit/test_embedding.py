@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from llm_router_plugin import EmptyQueryError, HashingEmbedder, estimate_tokens, extract_text
-from llm_router_plugin.embedding import MAX_EMBED_CHARS
+from llm_router_plugin.embedding import (
+    MAX_EMBED_CHARS,
+    OnnxInt8Embedder,
+    embedding_space,
+    make_embedder,
+)
 
 
 def test_extract_text_from_string_and_messages() -> None:
@@ -49,3 +54,24 @@ def test_long_prompt_is_truncated_for_embedding_but_counted_in_full() -> None:
     emb = HashingEmbedder(16)
     assert np.allclose(emb.embed([long]), emb.embed([long[:MAX_EMBED_CHARS]]))
     assert estimate_tokens(long) == 50_000
+
+
+def test_the_int8_embedder_is_named_apart_from_fp32_in_the_same_space() -> None:
+    fp32, int8 = make_embedder(), make_embedder(backend="onnx-int8")
+    assert isinstance(int8, OnnxInt8Embedder)
+    assert (fp32.name, int8.name) == ("all-MiniLM-L6-v2@tail", "all-MiniLM-L6-v2@tail+onnx-int8")  # caches apart
+    assert embedding_space(int8.name) == embedding_space(fp32.name) == fp32.name
+    head = make_embedder(keep="head", backend="onnx-int8").name
+    assert head == "all-MiniLM-L6-v2@head+onnx-int8" and embedding_space(head) != embedding_space(int8.name)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"backend": "fp16"}, "embedding_backend"),
+    ({"model": "my/model", "backend": "onnx-int8"}, "embedding_backend"),
+    ({"threads": 0}, "threads"),
+    ({"threads": 0, "backend": "onnx-int8"}, "threads"),
+])
+def test_bad_embedder_settings_are_named(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        make_embedder(**kwargs)
+

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from llm_router_plugin import HashingEmbedder
+from llm_router_plugin.embedding import INT8_SUFFIX
 from llm_router_plugin.profiles import ProfilePrompt, ProfileSet, build_profile_set, default_profile_set, quotas
 from tests.conftest import TOPICS, topic_prompt
 
@@ -101,6 +102,17 @@ def test_another_embedder_gets_centres_from_the_profile_prompts(embedder: Hashin
     assert moved.assign(embedder.embed([topic_prompt("math", 3), topic_prompt("chat", 3)])).tolist() == [0, 1]
     assert profile.for_embedder(HashingEmbedder(8)) is not profile
     assert moved.for_embedder(embedder) is moved
+
+
+def test_the_int8_run_of_the_model_keeps_the_stored_centres(embedder: HashingEmbedder) -> None:
+    class Int8(HashingEmbedder):
+        @property
+        def name(self) -> str:
+            return f"{super().name}{INT8_SUFFIX}"
+
+    profile = ProfileSet((ProfilePrompt(id="a", prompt=TOPICS["math"], cluster=0),),
+                         np.eye(1, embedder.dimension, dtype=np.float32), embedder.name)
+    assert profile.for_embedder(Int8(embedder.dimension)) is profile  # one space: nothing to recompute
 
 
 def test_the_shipped_set_covers_the_shipped_tasks() -> None:

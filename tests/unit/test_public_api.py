@@ -22,6 +22,7 @@ EXPECTED_ALL = [
     "LedgerUnavailableError",
     "ModelOutcome",
     "OnboardReport",
+    "OnnxInt8Embedder",
     "ProfilePrompt",
     "ProfileSet",
     "Reservation",
