@@ -75,6 +75,19 @@ class ExactIndex:
         """
         width = min(k, len(self._ids))
         similarity = np.atleast_2d(np.asarray(embeddings, dtype=np.float32)) @ self._buffer[: len(self._ids)].T
-        top = np.argsort(-similarity, axis=1, kind="stable")[:, :width]  # stable: ties in insertion order
+        top = np.stack([_top(row, width) for row in similarity]) if width else np.zeros((len(similarity), 0), int)
         sims = np.take_along_axis(similarity, top, axis=1).astype(float)
         return [[self._ids[i] for i in row] for row in top], sims
+
+
+def _top(similarity: np.ndarray, width: int) -> np.ndarray:
+    """The indices of the ``width`` largest values, largest first, ties in index (insertion) order.
+
+    A full sort of every record costs more than the dot products: only the records at or above the width-th value
+    are sorted (all of them, so that ties at the boundary are broken by insertion order, as a stable sort would).
+    """
+    if width >= len(similarity):
+        return np.argsort(-similarity, kind="stable")[:width]
+    boundary = np.partition(similarity, len(similarity) - width)[len(similarity) - width]
+    candidates = np.flatnonzero(similarity >= boundary)
+    return candidates[np.argsort(-similarity[candidates], kind="stable")[:width]]

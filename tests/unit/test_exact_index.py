@@ -213,3 +213,17 @@ def test_a_query_s_catch_up_during_a_write_of_this_store_counts_the_record_once(
     monkeypatch.setattr(collection, "upsert", upsert_then_a_query_arrives)
     history.upsert([HistoryRecord(id="new", embedding=query[0], outcomes={"m": ModelOutcome(quality=1.0)})])
     assert history.count() == len(vectors) + 1
+
+
+def test_the_nearest_are_those_of_a_full_stable_sort_ties_included() -> None:
+    # Only the records at or above the k-th similarity are sorted: ties at that boundary must still go in
+    # insertion order, as a stable sort of every record would put them.
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n, k = int(rng.integers(1, 80)), int(rng.integers(1, 90))
+        vectors = unit(rng.integers(0, 3, size=(n, 3)).astype(float) + 0.01)  # few distinct directions: many ties
+        query = unit(rng.normal(size=(1, 3)))
+        ids, sims = ExactIndex([f"r{i}" for i in range(n)], vectors).search(query, k)
+        expected = np.argsort(-(vectors @ query[0]), kind="stable")[:k]
+        assert ids[0] == [f"r{i}" for i in expected]
+        assert np.all(np.diff(sims[0]) <= 1e-6)
