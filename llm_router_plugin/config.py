@@ -6,6 +6,7 @@ under in history), so several deployments of one model share what history knows 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 REDIS_SCHEMES = ("redis", "rediss")
 
 
+@functools.lru_cache(maxsize=256)  # read on every route for every budgeted deployment
 def parse_window(window: str) -> float | None:
     """Return a budget window's length in seconds, or ``None`` for ``"total"`` (never resets).
 

@@ -78,6 +78,7 @@ class OutcomeTable:
         self._centres: np.ndarray | None = None
         self._stats = Statistics(*(np.zeros((1, 0, _WIDTH)) for _ in range(3)))
         self._records = 0
+        self._bookkeeping: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------------------------ reading
 
@@ -87,6 +88,7 @@ class OutcomeTable:
         if version == self._version:
             return
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        self._bookkeeping = {k[2:]: str(v) for k, v in meta.items() if k.startswith("x:")}
         self._profiles = json.loads(meta["profiles"]) if "profiles" in meta else []
         self._centres = _load_array(meta["centres"]) if "centres" in meta else None
         self._records = int(meta.get("records", 0))
@@ -121,35 +123,35 @@ class OutcomeTable:
     def get(self, key: str) -> str | None:
         """A bookkeeping value of the store that owns the table (``None`` if never set)."""
         with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (f"x:{key}",)).fetchone()
-        return None if row is None else str(row[0])
+            self._refresh()
+            return self._bookkeeping.get(key)
 
     def outcomes(self, ids: Sequence[str], profiles: Sequence[str]) -> np.ndarray:
         """The outcomes of ``ids``, shape ``(len(ids), len(profiles), len(FIELDS))``; NaN rows for unknown ids."""
         out = np.full((len(ids), len(profiles), _WIDTH), np.nan)
         if not len(ids):
             return out
+        blobs: dict[str, bytes] = {}
         with self._lock:
             self._refresh()
             columns = [self._profiles.index(p) if p in self._profiles else -1 for p in profiles]
-            blobs: dict[str, bytes] = {}
             unique = list(dict.fromkeys(ids))
             for start in range(0, len(unique), _IDS_PER_READ):
                 chunk = unique[start : start + _IDS_PER_READ]
                 marks = ",".join("?" * len(chunk))
                 blobs.update(self._conn.execute(f"SELECT id, outcomes FROM records WHERE id IN ({marks})", chunk))
-        known = [c for c in columns if c >= 0]
-        if not known:
+        if not blobs or max(columns, default=-1) < 0:
             return out
+        # One row per record over every profile it was written with (rows written before a profile was known are
+        # narrower), then the asked profiles' columns in one step; unknown profiles read a column of NaN.
+        width = max(columns) + 1
+        stored = np.full((len(ids), width + 1, _WIDTH), np.nan)
         for row, record_id in enumerate(ids):
             blob = blobs.get(record_id)
-            if blob is None:
-                continue
-            values = np.frombuffer(blob, dtype=np.float64).reshape(-1, _WIDTH)
-            for slot, column in enumerate(columns):
-                if 0 <= column < len(values):
-                    out[row, slot] = values[column]
-        return out
+            if blob is not None:
+                values = np.frombuffer(blob, dtype=np.float64).reshape(-1, _WIDTH)[:width]
+                stored[row, : len(values)] = values
+        return stored[:, [c if c >= 0 else width for c in columns]]
 
     def statistics(self, profiles: Sequence[str]) -> Statistics:
         """The statistics of ``profiles`` (zeros and NaN maxima for profiles without values)."""
@@ -216,6 +218,7 @@ class OutcomeTable:
             )
             self._records += int((~old[2]).sum())
             self._save({"records": str(self._records), **{f"x:{k}": v for k, v in (bookkeeping or {}).items()}})
+            self._bookkeeping.update(bookkeeping or {})
 
     def relabel(self, centres: np.ndarray | None, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Label every record with its nearest centre and recompute the statistics from the rows.
