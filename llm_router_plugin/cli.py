@@ -252,7 +252,11 @@ def bench_speed(
     ] = 100_000,
     in_flight: Annotated[str, typer.Option(help="Comma-separated aroute() calls in flight.")] = "1,8,32",
     embedder: Annotated[
-        str | None, typer.Option(help="Embedding model of the concurrency run (default: the bundled MiniLM).")
+        str | None, typer.Option(help="Embedding model of the concurrency and proxy runs (default: the bundled "
+                                      "MiniLM).")
+    ] = None,
+    backend: Annotated[
+        Backend | None, typer.Option(help="What runs the bundled MiniLM there (default: the router's default).")
     ] = None,
     proxy_requests: Annotated[
         int, typer.Option(min=0, help="Requests per proxy and in-flight count of the proxy run (0 skips it).")
@@ -281,7 +285,7 @@ def bench_speed(
         in_flight=parse_counts(in_flight, "--in-flight"), proxy_requests=proxy_requests,
         proxy_in_flight=parse_counts(proxy_in_flight, "--proxy-in-flight"), block=block,
     )
-    options = replace(options, embedder=embedder, seed=seed)
+    options = replace(options, embedder=embedder, backend=backend, seed=seed)
     with tempfile.TemporaryDirectory(prefix="llm-router-bench-speed-") as scratch:
         result = speed.run(options, work_dir or Path(scratch), progress=lambda line: typer.echo(line, err=True))
     typer.echo(speed.format_table(result))

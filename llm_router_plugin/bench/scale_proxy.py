@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ MASTER_KEY = "sk-bench-scale"
 
 
 def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: ChromaServer, workers: int,
-                 expected_queries: int, *, routed: bool = True) -> dict[str, Any]:
+                 expected_queries: int, *, routed: bool = True, overrides: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """The proxy config.yaml of one worker count: the default deployments in group :data:`GROUP` on the upstream.
 
     Args:
@@ -50,6 +51,7 @@ def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: Chroma
         workers: the worker count (names the ledger namespace).
         expected_queries: requests the budgets are paced over.
         routed: with the router callback; ``False``: the same deployments routed by LiteLLM alone.
+        overrides: router settings that replace the defaults (e.g. a real ``embedding_model``).
 
     Returns:
         The config as a mapping (dump it with YAML).
@@ -75,6 +77,7 @@ def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: Chroma
         "warmup_queries": base.warmup_queries,
         "expected_queries": base.expected_queries,
         "history_batch_s": HISTORY_BATCH_S,
+        **(overrides or {}),
     }
     if not routed:
         for deployment in model_list:
@@ -85,7 +88,8 @@ def proxy_config(folder: Path, upstream_url: str, redis_url: str, chroma: Chroma
 
 
 def write_proxy_config(workdir: Path, data: DataFile, upstream_url: str, redis_url: str, chroma: ChromaServer,
-                       workers: int, expected_queries: int, *, routed: bool = True) -> Path:
+                       workers: int, expected_queries: int, *, routed: bool = True,
+                       overrides: Mapping[str, Any] | None = None) -> Path:
     """Write ``workdir/config.yaml`` (see :func:`proxy_config`) and, with the router, import ``data`` into its history.
 
     Args:
@@ -97,13 +101,15 @@ def write_proxy_config(workdir: Path, data: DataFile, upstream_url: str, redis_u
         workers: the worker count (names the ledger namespace).
         expected_queries: requests the budgets are paced over.
         routed: with the router callback; ``False``: LiteLLM alone.
+        overrides: router settings that replace the defaults (see :func:`proxy_config`).
 
     Returns:
         The config file's path.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.yaml"
-    config = proxy_config(workdir / "router", upstream_url, redis_url, chroma, workers, expected_queries, routed=routed)
+    config = proxy_config(workdir / "router", upstream_url, redis_url, chroma, workers, expected_queries, routed=routed,
+                          overrides=overrides)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     if routed:
         adapter = LiteLLMAdapter.from_proxy_config(path)

@@ -39,7 +39,7 @@ from llm_router_plugin.bench.replay import CachedEmbedder
 from llm_router_plugin.bench.scale import draw_queries, machine, scale_config, summarize
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.dataset import bundled_path, read_data
-from llm_router_plugin.embedding import make_embedder
+from llm_router_plugin.embedding import Backend, make_embedder
 from llm_router_plugin.errors import BudgetExhaustedError
 from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
 from llm_router_plugin.profiles import ProfileSet, default_profile_set
@@ -73,7 +73,9 @@ class SpeedOptions:
         clusters: centres the synthetic vectors are drawn around.
         concurrency_size: the size of the real-embedder and concurrency run (0: none).
         in_flight: ``aroute()`` calls in flight in the concurrency run.
-        embedder: the concurrency run's embedding model (``None``: the bundled MiniLM; ``hashing-<dim>`` is cheap).
+        embedder: the embedding model of the concurrency and proxy runs (``None``: the bundled MiniLM;
+            ``hashing-<dim>`` is cheap).
+        backend: what runs the bundled MiniLM there (``None``: the router's default, ``embedding_backend``).
         proxy_requests: requests per proxy and in-flight count in the proxy run (0: none).
         proxy_in_flight: requests in flight in the proxy run.
         block: requests in a row on one proxy before the other takes its turn (at least the number in flight).
@@ -86,6 +88,7 @@ class SpeedOptions:
     concurrency_size: int = 100_000
     in_flight: tuple[int, ...] = (1, 8, 32)
     embedder: str | None = None
+    backend: Backend | None = None
     proxy_requests: int = 200
     proxy_in_flight: tuple[int, ...] = (1, 16)
     block: int = 20
@@ -318,7 +321,7 @@ def measure_concurrency(store: Path, workdir: Path, options: SpeedOptions) -> di
         ``embedding`` and ``route`` stages of ``options.queries`` sequential routes) and ``throughput`` (per
         in-flight count: ``decisions_per_s``, ``latency_ms`` summary, ``refused``).
     """
-    embedder = make_embedder(options.embedder, threads=1)
+    embedder = make_embedder(options.embedder, threads=1, backend=_backend(options))
     rows = read_data(bundled_path()).rows
     prompts = [row.prompt for row in draw_queries(rows, options.queries * (1 + len(options.in_flight)) + 1,
                                                   options.seed)]
@@ -388,6 +391,8 @@ def measure_proxies(workdir: Path, options: SpeedOptions) -> dict[str, Any]:
     from llm_router_plugin.bench.scale_proxy import write_proxy_config
 
     data = read_data(bundled_path())
+    # The router embeds every request as it would in production: the real model, not the benchmark's hashing one.
+    embedding = {"embedding_model": options.embedder, "embedding_backend": _backend(options), "embedding_threads": 1}
     levels = []
     with ExitStack() as stack:
         redis = stack.enter_context(RedisServer(workdir / "redis"))
@@ -397,12 +402,18 @@ def measure_proxies(workdir: Path, options: SpeedOptions) -> dict[str, Any]:
         urls = {}
         for routed in (True, False):
             path = write_proxy_config(workdir / ("proxy" if routed else "proxy-alone"), data, upstream.url, redis.url,
-                                      chroma, 1, expected, routed=routed)
+                                      chroma, 1, expected, routed=routed, overrides=embedding)
             urls[routed] = stack.enter_context(LiteLLMProxy(path, startup_timeout=300)).url
         for in_flight in options.proxy_in_flight:
             prompts = [row.prompt for row in draw_queries(data.rows, options.proxy_requests, options.seed + in_flight)]
             levels.append(proxy_level(urls, prompts, in_flight, max(options.block, in_flight)))
     return {"requests": options.proxy_requests, "levels": levels}
+
+
+def _backend(options: SpeedOptions) -> Backend:
+    """The backend of the real-embedder runs: the option, else the router's default."""
+    default: Backend = RouterConfig.model_fields["embedding_backend"].default
+    return options.backend or default
 
 
 def versions() -> dict[str, str | None]:
@@ -476,6 +487,7 @@ def command_line(options: SpeedOptions) -> str:
         return ",".join(map(str, values))
 
     embedder = f" --embedder {options.embedder}" if options.embedder else ""
+    embedder += f" --backend {options.backend}" if options.backend else ""
     return (f"llm-router bench-speed --sizes {counts(options.sizes)} --queries {options.queries} --clusters "
             f"{options.clusters} --concurrency-size {options.concurrency_size} --in-flight "
             f"{counts(options.in_flight)}{embedder} --proxy-requests {options.proxy_requests} --proxy-in-flight "
