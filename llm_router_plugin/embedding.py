@@ -337,6 +337,28 @@ def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+class WrappedEmbedder:
+    """Base of embedders that wrap another and give its vectors unchanged (caching or batching its calls): the same
+    name and dimension.
+
+    Args:
+        inner: the wrapped embedder.
+    """
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        """The wrapped embedder's name: the vectors are its own."""
+        return self.inner.name
+
+    @property
+    def dimension(self) -> int:
+        """The wrapped embedder's dimension."""
+        return self.inner.dimension
+
+
 class HashingEmbedder:
     """A deterministic bag-of-words embedder (hashing trick) with no model to load.
 

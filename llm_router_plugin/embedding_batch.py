@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llm_router_plugin.embedding import Embedder, make_embedder
+from llm_router_plugin.embedding import Embedder, WrappedEmbedder, make_embedder
 
 if TYPE_CHECKING:
     from llm_router_plugin.config import RouterConfig
@@ -34,7 +34,7 @@ class _Call:
     future: Future[np.ndarray]
 
 
-class BatchingEmbedder:
+class BatchingEmbedder(WrappedEmbedder):
     """Wraps an :class:`~llm_router_plugin.embedding.Embedder` so that concurrent calls share forward passes.
 
     Calls from any thread or event loop are queued; a worker thread takes the queued calls (up to ``max_batch``
@@ -61,7 +61,7 @@ class BatchingEmbedder:
             raise ValueError(f"window_ms: must be a finite number of milliseconds ≥ 0, got {window_ms}")
         if max_batch < 1:
             raise ValueError(f"max_batch: must be at least 1, got {max_batch}")
-        self.inner = inner
+        super().__init__(inner)
         self._window_s = window_ms / 1000
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Call] = queue.SimpleQueue()
@@ -69,16 +69,6 @@ class BatchingEmbedder:
         self._last_calls = 0
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        """The wrapped embedder's name: batching does not change the vectors."""
-        return self.inner.name
-
-    @property
-    def dimension(self) -> int:
-        """The wrapped embedder's dimension."""
-        return self.inner.dimension
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts in a shared forward pass, blocking the calling thread until its rows are ready.

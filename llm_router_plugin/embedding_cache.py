@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llm_router_plugin._files import private_dir, private_file
-from llm_router_plugin.embedding import Embedder
+from llm_router_plugin.embedding import Embedder, WrappedEmbedder
 
 if TYPE_CHECKING:
     from llm_router_plugin.config import RouterConfig
@@ -47,7 +47,7 @@ def cache_path(config: RouterConfig) -> Path:
     return config.embedding_cache or Path(config.data_dir) / CACHE_FILE
 
 
-class CachingEmbedder:
+class CachingEmbedder(WrappedEmbedder):
     """Wraps an :class:`~llm_router_plugin.embedding.Embedder`, keeping every vector it computes in SQLite.
 
     A call embeds only the texts the file has no valid vector for (each distinct text once), in one call of the
@@ -63,19 +63,9 @@ class CachingEmbedder:
     """
 
     def __init__(self, inner: Embedder, path: str | Path, *, busy_timeout_s: float = 60.0) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
-
-    @property
-    def name(self) -> str:
-        """The wrapped embedder's name: the cache does not change the vectors."""
-        return self.inner.name
-
-    @property
-    def dimension(self) -> int:
-        """The wrapped embedder's dimension."""
-        return self.inner.dimension
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts, reading cached vectors and computing and storing the others.

@@ -32,6 +32,7 @@ from llm_router_plugin._files import private_dir
 from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.exact_index import ExactIndex
 from llm_router_plugin.outcome_table import FIELDS as FIELDS
+from llm_router_plugin.outcome_table import ClusterStats as ClusterStats
 from llm_router_plugin.outcome_table import OutcomeTable
 
 _log = logging.getLogger("llm_router_plugin")
@@ -134,21 +135,6 @@ class HistoryRecord(BaseModel):
         if outcomes:
             meta[OUTCOMES] = encode_outcomes(outcomes)
         return meta
-
-
-@dataclass(frozen=True)
-class ClusterStats:
-    """Outcome statistics per cluster and profile, each of shape ``(K, len(profiles), len(FIELDS))``.
-
-    Attributes:
-        sums: sum of each field's values.
-        counts: how many records carry each field.
-        maxes: the largest value seen (NaN where none; a replaced value may still count: an upper bound).
-    """
-
-    sums: np.ndarray
-    counts: np.ndarray
-    maxes: np.ndarray
 
 
 @dataclass(frozen=True)

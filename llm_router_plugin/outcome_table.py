@@ -39,9 +39,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
 
 
 @dataclass(frozen=True)
-class Statistics:
-    """Running statistics of every profile's outcome fields, each of shape ``(1 + K, len(profiles), len(FIELDS))``:
-    row 0 is the whole history, row ``1 + c`` the records of cluster ``c``.
+class ClusterStats:
+    """Outcome statistics per group of records and profile, each of shape ``(groups, len(profiles), len(FIELDS))``.
+
+    The table's own keep the whole history in group 0 and cluster ``c`` in group ``1 + c``;
+    :meth:`ChromaHistory.cluster_stats <llm_router_plugin.history.ChromaHistory.cluster_stats>` gives the clusters only.
 
     Attributes:
         sums: sum of each field's values.
@@ -76,7 +78,7 @@ class OutcomeTable:
         self._version: int | None = None
         self._profiles: list[str] = []
         self._centres: np.ndarray | None = None
-        self._stats = Statistics(*(np.zeros((1, 0, _WIDTH)) for _ in range(3)))
+        self._stats = ClusterStats(*(np.zeros((1, 0, _WIDTH)) for _ in range(3)))
         self._records = 0
         self._bookkeeping: dict[str, str] = {}
 
@@ -95,9 +97,9 @@ class OutcomeTable:
         clusters = 1 + (len(self._centres) if self._centres is not None else 0)
         if "stats" in meta:
             arrays = _load_array(meta["stats"])
-            self._stats = Statistics(arrays[0], arrays[1], arrays[2])
+            self._stats = ClusterStats(arrays[0], arrays[1], arrays[2])
         else:
-            self._stats = Statistics(np.zeros((clusters, 0, _WIDTH)), np.zeros((clusters, 0, _WIDTH)),
+            self._stats = ClusterStats(np.zeros((clusters, 0, _WIDTH)), np.zeros((clusters, 0, _WIDTH)),
                                      np.full((clusters, 0, _WIDTH), np.nan))
         self._version = version
 
@@ -153,7 +155,7 @@ class OutcomeTable:
                 stored[row, : len(values)] = values
         return stored[:, [c if c >= 0 else width for c in columns]]
 
-    def statistics(self, profiles: Sequence[str]) -> Statistics:
+    def statistics(self, profiles: Sequence[str]) -> ClusterStats:
         """The statistics of ``profiles`` (zeros and NaN maxima for profiles without values)."""
         with self._lock:
             self._refresh()
@@ -167,7 +169,7 @@ class OutcomeTable:
             if 0 <= column < stats.sums.shape[1]:
                 sums[:, slot], counts[:, slot], maxes[:, slot] = (stats.sums[:, column], stats.counts[:, column],
                                                                   stats.maxes[:, column])
-        return Statistics(sums, counts, maxes)
+        return ClusterStats(sums, counts, maxes)
 
     def rows(self, batch: int = 5000) -> Iterator[tuple[list[str], np.ndarray]]:
         """Every record's id and outcomes over all profiles (shape ``(n, len(profiles), len(FIELDS))``), in pages."""
@@ -286,14 +288,14 @@ class OutcomeTable:
             return np.full(n, -1)
         return np.argmax(np.asarray(vectors, dtype=np.float32).reshape(n, -1) @ self._centres.T, axis=1)
 
-    def _grown(self) -> Statistics:
+    def _grown(self) -> ClusterStats:
         """The statistics with room for every known profile and cluster."""
         clusters = 1 + (len(self._centres) if self._centres is not None else 0)
         width = len(self._profiles)
         old = self._stats
         if old.sums.shape[:2] == (clusters, width):
-            return Statistics(old.sums.copy(), old.counts.copy(), old.maxes.copy())
-        grown = Statistics(np.zeros((clusters, width, _WIDTH)), np.zeros((clusters, width, _WIDTH)),
+            return ClusterStats(old.sums.copy(), old.counts.copy(), old.maxes.copy())
+        grown = ClusterStats(np.zeros((clusters, width, _WIDTH)), np.zeros((clusters, width, _WIDTH)),
                            np.full((clusters, width, _WIDTH), np.nan))
         if old.sums.shape[0] == clusters:
             have = old.sums.shape[1]
@@ -312,7 +314,7 @@ class OutcomeTable:
 
     def _recompute(self) -> None:
         """The statistics from scratch, from every row (after the labels changed)."""
-        self._stats = Statistics(*(np.zeros((0, 0, _WIDTH)) for _ in range(3)))
+        self._stats = ClusterStats(*(np.zeros((0, 0, _WIDTH)) for _ in range(3)))
         stats = self._grown()
         width = len(self._profiles)
         for blob, label in self._conn.execute("SELECT outcomes, cluster FROM records"):
@@ -331,7 +333,7 @@ class OutcomeTable:
                                "value = excluded.value", list(values.items()))
 
 
-def _accumulate(stats: Statistics, rows: np.ndarray, labels: np.ndarray, sign: float) -> None:
+def _accumulate(stats: ClusterStats, rows: np.ndarray, labels: np.ndarray, sign: float) -> None:
     """Add (``sign`` 1) or take out (-1) rows of shape ``(n, profiles, FIELDS)`` from row 0 and their clusters'."""
     if not len(rows):
         return

@@ -201,6 +201,19 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
     ax.set_xlabel("budget multiplier (1.0 = every test query on the cheapest model)")
     ax.set_ylabel("quality served (mean over splits)")
     ax.set_title(f"{result.problem.source.name}: quality vs budget (seed {seed}, k={result.options.k})")
+    save_figure(fig, ax, path)
+
+
+def save_figure(fig: Any, ax: Any, path: str | Path) -> None:
+    """Finish a one-axes matplotlib figure (grid, legend, layout) and write it as ``path`` (folders created).
+
+    Args:
+        fig: the figure.
+        ax: its axes.
+        path: the image file (its suffix picks the format).
+    """
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

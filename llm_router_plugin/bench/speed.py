@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from llm_router_plugin.bench.replay import CachedEmbedder
+from llm_router_plugin.bench.report import save_figure
 from llm_router_plugin.bench.scale import draw_queries, machine, scale_config, summarize
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.dataset import bundled_path, read_data
@@ -563,10 +564,5 @@ def write_plot(result: Mapping[str, Any], path: Path) -> None:
     ax.set_xlabel("history records")
     ax.set_ylabel("route() without embedding, ms")
     ax.set_title(f"route() latency vs history size ({result['machine']['cpus']} CPUs)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, ax, path)
 
