@@ -23,7 +23,7 @@ from llm_router_plugin.history import ChromaHistory, StoreNotConnectedError
 from llm_router_plugin.onboarding import onboard as onboard_model
 from llm_router_plugin.onboarding import read_results
 from llm_router_plugin.pricing import Price, read_prices
-from llm_router_plugin.profiles import ProfileSet, build_profile_set, default_profile_set
+from llm_router_plugin.profiles import build_profile_set, load_profile_set
 from llm_router_plugin.router import Decision, Router, RouterStatus
 from llm_router_plugin.validation import amount
 
@@ -75,6 +75,8 @@ def import_command(
     history = ChromaHistory.from_config(cfg)
     embedder = CachingEmbedder(make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep,
                                              cfg.embedding_backend), cache_path(cfg))
+    # Records go into the profile set's clusters as they are written: no pass over the history at the first route.
+    history.label_clusters(load_profile_set(cfg.profile_set).for_embedder(embedder).centres)
     report = import_history(data, history, embedder, batch_size=batch_size, store_prompts=cfg.store_prompts,
                             progress=True)
     typer.echo(f"imported {report.added} new record(s), {report.existing} already present, {report.rejected} "
@@ -504,9 +506,6 @@ def onboard(
         typer.echo(f"note: no deployment in the config serves model {model!r} yet", err=True)
 
 
-def load_profile_set(path: Path | None) -> ProfileSet:
-    """The profile set at ``path``, else the shipped one."""
-    return ProfileSet.load(path) if path else default_profile_set()
 
 
 @profile_app.command("build")

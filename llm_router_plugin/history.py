@@ -339,7 +339,8 @@ class ChromaHistory:
         """
         self._sync()
         if self._table.get("collection") is None:
-            raise StoreNotConnectedError(f"history {self._name!r}: the store has not been read yet")
+            raise StoreNotConnectedError(self._connect_failure or f"history {self._name!r}: the store has not been "
+                                         "read yet")
         return self._table
 
     def upsert(self, records: Sequence[HistoryRecord]) -> None:
@@ -554,7 +555,7 @@ class ChromaHistory:
         centres = self._table.centres()
         self._table.clear()
         if centres is not None:
-            self._table.relabel(centres, [], np.zeros((0, centres.shape[1]), np.float32))
+            self._table.relabel(centres, [])
         newest = 0.0
         for page in self._pages(["embeddings", "metadatas"]):
             vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
@@ -625,26 +626,38 @@ class ChromaHistory:
         Returns:
             Sums, counts and largest values, each of shape ``(K, len(profiles), len(FIELDS))``.
         """
+        self.label_clusters(centres)
+        stats = self._table.statistics(profiles)
+        return ClusterStats(stats.sums[1:], stats.counts[1:], stats.maxes[1:])
+
+    def label_clusters(self, centres: np.ndarray) -> None:
+        """Keep the statistics of these clusters from now on: records are labelled as they are written.
+
+        Called before an import, so that no pass over the history is needed later; on centres other than the table's,
+        every stored record is labelled anew (its embeddings read back from the store a page at a time), once.
+
+        Args:
+            centres: normalised cluster centres, shape ``(K, dimension)``.
+
+        Raises:
+            StoreNotConnectedError: the table was never in step with the store, which cannot be read now.
+        """
         centres = np.asarray(centres, dtype=np.float32)
         self._synced_table()
         if not _same(self._table.centres(), centres):
             with self._load_lock:  # one relabelling for the queries that arrive together, not one each
                 if not _same(self._table.centres(), centres):
                     self._relabel(centres)
-        stats = self._table.statistics(profiles)
-        return ClusterStats(stats.sums[1:], stats.counts[1:], stats.maxes[1:])
 
     def _relabel(self, centres: np.ndarray) -> None:
         with self._lock:
             index = self._exact
         if index is not None and len(index) == self._table.count():
-            ids, vectors = index.rows()
-        else:
-            pages = list(self._pages(["embeddings"]))
-            ids = [record_id for page in pages for record_id in page["ids"]]
-            vectors = (np.concatenate([np.asarray(p["embeddings"], dtype=np.float32).reshape(len(p["ids"]), -1)
-                                       for p in pages]) if pages else np.zeros((0, centres.shape[1]), np.float32))
-        self._table.relabel(centres, ids, vectors)
+            self._table.relabel(centres, [index.rows()])
+            return
+        pages = ((page["ids"], np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
+                 for page in self._pages(["embeddings"]))
+        self._table.relabel(centres, pages)
 
 
 def _same(stored: np.ndarray | None, centres: np.ndarray) -> bool:

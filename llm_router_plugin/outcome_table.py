@@ -19,7 +19,7 @@ import io
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,21 +222,21 @@ class OutcomeTable:
             self._save({"records": str(self._records), **{f"x:{k}": v for k, v in (bookkeeping or {}).items()}})
             self._bookkeeping.update(bookkeeping or {})
 
-    def relabel(self, centres: np.ndarray | None, ids: Sequence[str], vectors: np.ndarray) -> None:
+    def relabel(self, centres: np.ndarray | None, pages: Iterable[tuple[Sequence[str], np.ndarray]]) -> None:
         """Label every record with its nearest centre and recompute the statistics from the rows.
 
         Args:
             centres: normalised cluster centres, shape ``(K, dimension)``; ``None`` = no clusters.
-            ids: every record's id (records not given keep no cluster).
-            vectors: their embeddings.
+            pages: every record's id and embedding, a page at a time (records not given keep no cluster).
         """
         with self._lock, self._transaction():
             self._refresh()
             self._centres = None if centres is None else np.asarray(centres, dtype=np.float32)
-            labels = self._labels(np.asarray(vectors, dtype=np.float32), np.full(len(ids), -1), len(ids))
             self._conn.execute("UPDATE records SET cluster = -1")
-            self._conn.executemany("UPDATE records SET cluster = ? WHERE id = ?",
-                                   [(int(label), record_id) for label, record_id in zip(labels, ids, strict=True)])
+            for ids, vectors in pages:
+                labels = self._labels(np.asarray(vectors, dtype=np.float32), np.full(len(ids), -1), len(ids))
+                self._conn.executemany("UPDATE records SET cluster = ? WHERE id = ?",
+                                       [(int(label), record_id) for label, record_id in zip(labels, ids, strict=True)])
             self._recompute()
 
     def clear(self) -> None:

@@ -271,3 +271,19 @@ def build_profile_set(
             picked.append(ProfilePrompt(id=str(ids[row]), prompt=text, task=tasks[row] or None, cluster=cluster))
             quota -= 1
     return ProfileSet(tuple(picked), centres, embedding_model)
+
+
+def load_profile_set(path: Path | None) -> ProfileSet:
+    """The profile set a config names (``profile_set``), else the shipped one.
+
+    Raises:
+        ValueError: the file cannot be read (named, with the reason).
+    """
+    if path is None:
+        return default_profile_set()
+    try:
+        return ProfileSet.load(path)
+    except FileNotFoundError as exc:  # a typo must stop the start; the message names the field and the file
+        raise ValueError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"profile_set: cannot read {path} ({getattr(exc, 'strerror', None) or exc})") from None

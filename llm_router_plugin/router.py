@@ -43,7 +43,7 @@ from llm_router_plugin.history import FIELDS, STORE_UNREACHABLE, ChromaHistory
 from llm_router_plugin.learning import SAMPLE_SIZE, DualState, LearningStore, open_learning_store
 from llm_router_plugin.outcomes import OutcomeRecorder
 from llm_router_plugin.pricing import resolve_prices, usage_estimate
-from llm_router_plugin.profiles import ProfileSet, default_profile_set
+from llm_router_plugin.profiles import ProfileSet, load_profile_set
 from llm_router_plugin.timing import stage
 from llm_router_plugin.validation import optional_token_count, token_count
 
@@ -246,7 +246,7 @@ class Router:
         self.learning: LearningStore = learning or open_learning_store(config, self.decisions,
                                                                        password=ledger_password)
         if profile_set is None:
-            profile_set = _load_profile_set(config.profile_set)
+            profile_set = load_profile_set(config.profile_set)
         if embedding_space(profile_set.embedding_model) != embedding_space(self.embedder.name):
             _log.warning("profile set built with embedder %s, the router uses %s: its cluster centres are recomputed "
                          "from its %d prompts (llm-router profile build stores them)", profile_set.embedding_model,
@@ -974,17 +974,9 @@ class Router:
             ValueError: ``batch_size`` is below 1.
         """
         parsed = data if isinstance(data, DataFile) else read_data(data)
+        self.history.label_clusters(self.profile_set.centres)  # records labelled as written: no pass later
         return import_history(parsed, self.history, CachingEmbedder(self.embedder, cache_path(self.config)),
                               batch_size=batch_size, store_prompts=self.config.store_prompts, progress=progress)
-
-def _load_profile_set(path: Path | None) -> ProfileSet:
-    """The profile set a config names, else the shipped one; an unreadable file is a ``ValueError`` naming it."""
-    if path is None:
-        return default_profile_set()
-    try:
-        return ProfileSet.load(path)
-    except (OSError, UnicodeDecodeError) as exc:  # FileNotFoundError included: a typo must stop the start
-        raise ValueError(f"profile_set: cannot read {path} ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _non_text_parts(query: Query) -> int:
