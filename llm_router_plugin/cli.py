@@ -142,7 +142,7 @@ def bench(
     per_run: Annotated[bool, typer.Option(help="Print the table of every (seed, split), not only the mean.")] = True,
     embedder: Annotated[str | None, typer.Option(help="Embedding model (default: bundled all-MiniLM-L6-v2).")] = None,
     backend: Annotated[
-        Backend, typer.Option(help="What runs the bundled MiniLM: torch (fp32) or onnx-int8 (its int8 weights).")
+        Backend, typer.Option(help="What runs the bundled MiniLM: torch (fp32) or onnx-int8 (int8 arithmetic).")
     ] = "torch",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for embedding.")] = 1,
     keep: Annotated[

@@ -218,9 +218,11 @@ class RouterConfig(BaseModel):
             Chroma's approximate HNSW index. 0 = always HNSW.
         embedding_model: sentence-transformers model name or path; ``None`` = the bundled all-MiniLM-L6-v2.
         embedding_backend: what runs the bundled all-MiniLM-L6-v2: ``"torch"`` (sentence-transformers, fp32) or
-            ``"onnx-int8"`` (its int8 weights on onnxruntime, without ``embedding_model``). Both give vectors of one
-            space: the int8 ones are within cosine 0.999 of the fp32 ones, so a history and profile set embedded with
-            either serve the other (README, "Embedding backends", for speed and benchmark quality).
+            ``"onnx-int8"`` (int8 arithmetic on onnxruntime, without ``embedding_model``; the quantized model is
+            built on first use into ``$LLM_ROUTER_CACHE_DIR``, else ``$XDG_CACHE_HOME/llm-router``, else
+            ``~/.cache/llm-router``). Both give vectors of one space: the int8 ones are within cosine 0.98 of the fp32
+            ones, so a history and profile set embedded with either serve the other (README, "Embedding backends",
+            for speed and benchmark quality).
         embedding_threads: CPU threads the embedder computes with (torch's for the whole process, or the
             onnxruntime session's). 1 by default: with two threads on a busy host a prompt embedded 11.5 times
             slower than with one; raise it only on cores nothing else uses.

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -5,6 +7,7 @@ from llm_router_plugin import EmptyQueryError, HashingEmbedder, estimate_tokens,
 from llm_router_plugin.embedding import (
     MAX_EMBED_CHARS,
     OnnxInt8Embedder,
+    cache_dir,
     embedding_space,
     make_embedder,
 )
@@ -59,10 +62,22 @@ def test_long_prompt_is_truncated_for_embedding_but_counted_in_full() -> None:
 def test_the_int8_embedder_is_named_apart_from_fp32_in_the_same_space() -> None:
     fp32, int8 = make_embedder(), make_embedder(backend="onnx-int8")
     assert isinstance(int8, OnnxInt8Embedder)
-    assert (fp32.name, int8.name) == ("all-MiniLM-L6-v2@tail", "all-MiniLM-L6-v2@tail+onnx-int8")  # caches apart
+    assert (fp32.name, int8.name) == ("all-MiniLM-L6-v2@tail", "all-MiniLM-L6-v2@tail+onnx-qint8")  # caches apart
     assert embedding_space(int8.name) == embedding_space(fp32.name) == fp32.name
     head = make_embedder(keep="head", backend="onnx-int8").name
-    assert head == "all-MiniLM-L6-v2@head+onnx-int8" and embedding_space(head) != embedding_space(int8.name)
+    assert head == "all-MiniLM-L6-v2@head+onnx-qint8" and embedding_space(head) != embedding_space(int8.name)
+
+
+def test_derived_models_are_cached_where_the_environment_says(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    monkeypatch.delenv("LLM_ROUTER_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "llm-router"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "llm-router"
+    monkeypatch.setenv("LLM_ROUTER_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [
