@@ -332,19 +332,21 @@ class OnnxInt8Embedder(_LazyEmbedder):
     truncation), the network from the ONNX file, mean pooling over the real tokens (its ``1_Pooling``) and L2
     normalisation (its ``2_Normalize``).
 
+    Each text is embedded in a forward pass of its own: the activations' int8 scale is computed per pass, so a
+    text embedded beside others would get a vector that depends on them (cosine 0.992 at worst, measured), and one
+    pass per text, without padding, is also the faster here (37.6 vs 62.4 ms CPU per text in passes of 32).
+
     Args:
         threads: onnxruntime intra-op threads of this embedder's session (inter-op: 1).
         max_seq_length: word pieces read per text.
-        batch_size: texts per forward pass.
         keep: which end of a text longer than ``max_seq_length`` is embedded (see :class:`SentenceTransformerEmbedder`).
 
     Raises:
-        ValueError: ``threads`` or ``batch_size`` is below 1, or ``keep`` is neither ``"tail"`` nor ``"head"``.
+        ValueError: ``threads`` is below 1, or ``keep`` is neither ``"tail"`` nor ``"head"``.
     """
 
-    def __init__(self, *, threads: int = 1, max_seq_length: int = 256, batch_size: int = 64,
-                 keep: Keep = "tail") -> None:
-        super().__init__(threads=threads, max_seq_length=max_seq_length, batch_size=batch_size, keep=keep)
+    def __init__(self, *, threads: int = 1, max_seq_length: int = 256, keep: Keep = "tail") -> None:
+        super().__init__(threads=threads, max_seq_length=max_seq_length, batch_size=1, keep=keep)
 
     @property
     def name(self) -> str:
@@ -384,7 +386,8 @@ class OnnxInt8Embedder(_LazyEmbedder):
         tokenizer, session = self._load()
         cut = self._cut(texts)
         inputs = [i.name for i in session.get_inputs()]
-        # Longest first, as sentence-transformers does: batches of similar lengths carry little padding.
+        # Longest first, as sentence-transformers does: batches of similar lengths carry little padding (this model's
+        # batches hold one text, see the class).
         order = np.argsort([-len(text) for text in cut], kind="stable")
         out = np.empty((len(cut), self.dimension), dtype=np.float32)
         for start in range(0, len(cut), self._batch_size):
