@@ -196,6 +196,8 @@ def grow(store: Path, synthetic: SyntheticHistory, start: int, stop: int) -> dic
     """
     started = time.perf_counter()
     history = ChromaHistory(store)
+    # As `llm-router import` does: records are put in the profile set's clusters as they are written.
+    history.label_clusters(synthetic_profile_set(synthetic).centres)
     upsert_s = 0.0
     for first in range(start, stop, IMPORT_CHUNK):
         records = synthetic.records(first, min(stop, first + IMPORT_CHUNK))
@@ -206,6 +208,13 @@ def grow(store: Path, synthetic: SyntheticHistory, start: int, stop: int) -> dic
     return {"records": stop, "added": added, "upsert_s": upsert_s, "records_per_s": added / upsert_s,
             "elapsed_s": time.perf_counter() - started, "disk_bytes": folder_bytes(store), "rss_bytes": rss_bytes(),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def synthetic_profile_set(synthetic: SyntheticHistory) -> ProfileSet:
+    """The shipped profile set with its clusters in the synthetic space: some of the data's own centres."""
+    shipped = default_profile_set()
+    centres = synthetic.centres[np.arange(shipped.clusters) % len(synthetic.centres)]
+    return ProfileSet(shipped.prompts, centres.astype(np.float32), SYNTHETIC_MODEL)
 
 
 def forget_stores() -> None:
@@ -277,10 +286,7 @@ def measure_size(store: Path, workdir: Path, synthetic: SyntheticHistory, size: 
     vectors = synthetic.queries(options.queries + 1)
     texts = [f"synthetic query {i}" for i in range(len(vectors))]
     embedder = CachedEmbedder(texts, vectors, SYNTHETIC_MODEL)
-    shipped = default_profile_set()
-    # The profile set's clusters in the synthetic space: some of the data's own centres.
-    centres = synthetic.centres[np.arange(shipped.clusters) % len(synthetic.centres)]
-    profile_set = ProfileSet(shipped.prompts, centres.astype(np.float32), SYNTHETIC_MODEL)
+    profile_set = synthetic_profile_set(synthetic)
     config = scale_config(workdir / f"router-{size}", "sqlite", options.queries + 1)
     forget_stores()
     clock = time.perf_counter()
