@@ -75,6 +75,7 @@ class ExactIndex:
         """
         width = min(k, len(self._ids))
         similarity = np.atleast_2d(np.asarray(embeddings, dtype=np.float32)) @ self._buffer[: len(self._ids)].T
+        similarity[np.isnan(similarity)] = -np.inf  # a NaN query still gets k (meaningless) neighbours, not fewer
         top = np.stack([_top(row, width) for row in similarity]) if width else np.zeros((len(similarity), 0), int)
         sims = np.take_along_axis(similarity, top, axis=1).astype(float)
         return [[self._ids[i] for i in row] for row in top], sims

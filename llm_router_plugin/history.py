@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -58,7 +59,7 @@ _QUERIES_PER_CALL = 1000
 #: What a history store that cannot be reached raises: a Chroma server that went away or answers with an HTTP error
 #: (chromadb's ``HttpClient`` speaks httpx), or an embedded store whose disk or socket failed (``OSError``, which
 #: includes ``ConnectionError`` and ``TimeoutError``). Programming errors (``TypeError``, ``KeyError`` …) are not in it.
-STORE_UNREACHABLE: tuple[type[Exception], ...] = (httpx.HTTPError, OSError)
+STORE_UNREACHABLE: tuple[type[Exception], ...] = (httpx.HTTPError, OSError, sqlite3.OperationalError)
 #: Seconds between two attempts to reach a Chroma server that did not answer (never one attempt per request).
 CONNECT_RETRY_S = 5.0
 
@@ -389,7 +390,7 @@ class ChromaHistory:
         if all(math.isnan(v) for v in values):
             return  # nothing to merge
         with self._write_lock:  # read, merge and write as one step, or two merges lose one
-            got = self._store().get(ids=[record_id], include=["metadatas"])
+            got = self._store().get(ids=[record_id], include=["metadatas", "embeddings"])
             if not got["ids"]:
                 raise KeyError(f"record_id: no history record {record_id!r}")
             outcomes = decode_outcomes((got["metadatas"] or [None])[0])
@@ -402,7 +403,9 @@ class ChromaHistory:
             # A merge leaves the record count as it was: other processes watch this token to catch up.
             token = uuid.uuid4().hex
             self._store().modify(metadata={MERGE_TOKEN: token})
-            self._table.write([record_id], [{profile: values}], None, merge=True, bookkeeping={"merge": token})
+            # The whole record as the store holds it: the table may not have seen it yet (written on another host).
+            vector = np.asarray(got["embeddings"], dtype=np.float32).reshape(1, -1)
+            self._table.write([record_id], [outcomes], vector, bookkeeping={"merge": token})
 
     def neighbours(self, embeddings: np.ndarray, k: int, profiles: Sequence[str]) -> Neighbours:
         """The ``k`` nearest records of each query embedding, with the outcomes of ``profiles``.
@@ -499,10 +502,13 @@ class ChromaHistory:
                 self._synced = now
 
     def _sync_now(self) -> None:
-        collection = self._store()
+        cached = self._store()
+        collection = self._client.get_collection(self._name, embedding_function=None)
+        if collection.id != cached.id:  # deleted and created again (e.g. by another host): the handle went stale
+            with self._lock:
+                self._collection, self._exact = collection, None
         total = int(collection.count())
-        stored = self._client.get_collection(self._name, embedding_function=None).metadata or {}
-        token = str(stored.get(MERGE_TOKEN) or "")
+        token = str((collection.metadata or {}).get(MERGE_TOKEN) or "")
         identity = str(collection.id)
         known = self._table.get("collection") == identity  # a table of this collection (not missing, not replaced)
         table_stale = known and (self._table.count() != total or (self._table.get("merge") or "") != token)
@@ -536,17 +542,23 @@ class ChromaHistory:
         with self._lock:
             seen += [self._exact_seen] if index is not None else []
         since = min(seen) - CATCH_UP_SLACK_S
+        newest = since
         for page in self._pages(["embeddings", "metadatas"], where={WRITTEN_AT: {"$gte": since}}):
             vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
             metadatas = page["metadatas"] or [None] * len(page["ids"])
-            newest = max(float((m or {}).get(WRITTEN_AT, 0.0)) for m in metadatas)
+            newest = max([newest] + [float((m or {}).get(WRITTEN_AT, 0.0)) for m in metadatas])
             if table:
-                self._table.write(page["ids"], [decode_outcomes(m) for m in metadatas], vectors,
-                                  bookkeeping={"written_seen": repr(max(newest, seen[0]))})
+                self._table.write(page["ids"], [decode_outcomes(m) for m in metadatas], vectors)
             if index is not None:
                 with self._lock:
                     index.upsert(page["ids"], vectors)
-                    self._exact_seen = max(self._exact_seen, newest)
+        # Moved on only once every page was read: pages come in insertion order, not by write time, so a catch-up
+        # cut short must read the same span again.
+        if table:
+            self._table.write([], [], None, bookkeeping={"written_seen": repr(max(newest, seen[0]))})
+        if index is not None:
+            with self._lock:
+                self._exact_seen = max(self._exact_seen, newest)
 
     def _rebuild(self, identity: str, total: int) -> None:
         """Build the outcome table anew from every record of the store (a missing or stale table)."""
@@ -554,11 +566,13 @@ class ChromaHistory:
                   self._name)
         centres = self._table.centres()
         self._table.clear()
-        if centres is not None:
-            self._table.relabel(centres, [])
         newest = 0.0
         for page in self._pages(["embeddings", "metadatas"]):
             vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
+            if centres is not None:  # kept if the records are still of their width (else labelled when asked)
+                if centres.shape[1] == vectors.shape[1]:
+                    self._table.relabel(centres, [])
+                centres = None
             metadatas = page["metadatas"] or [None] * len(page["ids"])
             newest = max([newest] + [float((m or {}).get(WRITTEN_AT, 0.0)) for m in metadatas])
             self._table.write(page["ids"], [decode_outcomes(m) for m in metadatas], vectors)
@@ -661,4 +675,5 @@ class ChromaHistory:
 
 
 def _same(stored: np.ndarray | None, centres: np.ndarray) -> bool:
-    return stored is not None and stored.shape == centres.shape and bool(np.array_equal(stored, centres))
+    # Within float32 noise: the same profile set's centres recomputed by another process may differ in the last bits.
+    return stored is not None and stored.shape == centres.shape and bool(np.allclose(stored, centres, atol=1e-5))

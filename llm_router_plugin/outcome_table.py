@@ -23,14 +23,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 #: Outcome fields, in the order of the last axis of every array.
 FIELDS = ("quality", "prompt_tokens", "completion_tokens", "cost_usd")
 _WIDTH = len(FIELDS)
-#: Ids per ``IN (...)`` list: well under SQLite's variable limit.
-_IDS_PER_READ = 10_000
+#: Ids per ``IN (...)`` list: under the 999 variables of SQLite before 3.32 (still the system SQLite of some hosts).
+_IDS_PER_READ = 900
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, outcomes BLOB NOT NULL, cluster INTEGER NOT NULL);
@@ -223,7 +224,11 @@ class OutcomeTable:
             self._bookkeeping.update(bookkeeping or {})
 
     def relabel(self, centres: np.ndarray | None, pages: Iterable[tuple[Sequence[str], np.ndarray]]) -> None:
-        """Label every record with its nearest centre and recompute the statistics from the rows.
+        """Label every record with its nearest centre, a page per transaction, the clusters' statistics with it.
+
+        A relabelling reads the whole history: one transaction around it would hold the write lock that other
+        processes' writes wait for. Between pages, those writes label their records with the new centres already;
+        records no page has reached yet are in no cluster meanwhile.
 
         Args:
             centres: normalised cluster centres, shape ``(K, dimension)``; ``None`` = no clusters.
@@ -231,13 +236,29 @@ class OutcomeTable:
         """
         with self._lock, self._transaction():
             self._refresh()
+            whole = self._grown()
             self._centres = None if centres is None else np.asarray(centres, dtype=np.float32)
+            groups = 1 + (len(self._centres) if self._centres is not None else 0)
+            shape = (groups, len(self._profiles), _WIDTH)
+            stats = ClusterStats(np.zeros(shape), np.zeros(shape), np.full(shape, np.nan))
+            stats.sums[0], stats.counts[0], stats.maxes[0] = whole.sums[0], whole.counts[0], whole.maxes[0]
             self._conn.execute("UPDATE records SET cluster = -1")
-            for ids, vectors in pages:
-                labels = self._labels(np.asarray(vectors, dtype=np.float32), np.full(len(ids), -1), len(ids))
+            self._save_stats(stats)
+            if self._centres is None:
+                self._conn.execute("DELETE FROM meta WHERE key = 'centres'")
+            else:
+                self._save({"centres": _dump_array(self._centres)})
+        for ids, vectors in pages:
+            with self._lock, self._transaction():
+                self._refresh()
+                rows, labels, present = self._stored(ids, len(self._profiles))
+                new = self._labels(np.asarray(vectors, dtype=np.float32), labels, len(ids))
+                stats = self._grown()
+                _accumulate(stats, rows[present], labels[present], -1.0, clusters_only=True)
+                _accumulate(stats, rows[present], new[present], 1.0, clusters_only=True)
                 self._conn.executemany("UPDATE records SET cluster = ? WHERE id = ?",
-                                       [(int(label), record_id) for label, record_id in zip(labels, ids, strict=True)])
-            self._recompute()
+                                       [(int(label), record_id) for label, record_id in zip(new, ids, strict=True)])
+                self._save_stats(stats)
 
     def clear(self) -> None:
         """Forget every record, profile and statistic (before a rebuild from the source of truth)."""
@@ -256,8 +277,10 @@ class OutcomeTable:
             self._conn.execute("ROLLBACK")
             self._version = None  # the in-memory copies may have moved: read them again
             raise
-        self._conn.execute("COMMIT")
+        # Read before COMMIT, while the write lock keeps other connections out: read after it, another process's commit
+        # in between would pass for seen, and this process would save its stale statistics over that commit's.
         self._version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        self._conn.execute("COMMIT")
 
     def _row(self, record: Outcomes, width: int) -> np.ndarray:
         row = np.full((width, _WIDTH), np.nan)
@@ -308,40 +331,31 @@ class OutcomeTable:
         previous, old_labels, present = old
         for rows, row_labels, sign in ((previous[present], old_labels[present], -1.0), (new, labels, 1.0)):
             _accumulate(stats, rows, row_labels, sign)
-        self._stats = stats
-        self._save({"profiles": json.dumps(self._profiles), "stats": _dump_array(np.stack(
-            [stats.sums, stats.counts, stats.maxes]))})
+        self._save_stats(stats)
 
-    def _recompute(self) -> None:
-        """The statistics from scratch, from every row (after the labels changed)."""
-        self._stats = ClusterStats(*(np.zeros((0, 0, _WIDTH)) for _ in range(3)))
-        stats = self._grown()
-        width = len(self._profiles)
-        for blob, label in self._conn.execute("SELECT outcomes, cluster FROM records"):
-            _accumulate(stats, _padded(blob, width)[None], np.asarray([label]), 1.0)
+    def _save_stats(self, stats: ClusterStats) -> None:
+        """Make ``stats`` the statistics, in memory and in the file (within the caller's transaction)."""
         self._stats = stats
-        saved: dict[str, str | bytes] = {"profiles": json.dumps(self._profiles),
-                 "stats": _dump_array(np.stack([stats.sums, stats.counts, stats.maxes]))}
-        if self._centres is not None:
-            saved["centres"] = _dump_array(self._centres)
-        else:
-            self._conn.execute("DELETE FROM meta WHERE key = 'centres'")
-        self._save(saved)
+        self._save({"profiles": json.dumps(self._profiles),
+                    "stats": _dump_array(np.stack([stats.sums, stats.counts, stats.maxes]))})
 
     def _save(self, values: Mapping[str, str | bytes]) -> None:
         self._conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                                "value = excluded.value", list(values.items()))
 
 
-def _accumulate(stats: ClusterStats, rows: np.ndarray, labels: np.ndarray, sign: float) -> None:
-    """Add (``sign`` 1) or take out (-1) rows of shape ``(n, profiles, FIELDS)`` from row 0 and their clusters'."""
+def _accumulate(stats: ClusterStats, rows: np.ndarray, labels: np.ndarray, sign: float, *,
+                clusters_only: bool = False) -> None:
+    """Add (``sign`` 1) or take out (-1) rows of shape ``(n, profiles, FIELDS)`` from group 0 (unless
+    ``clusters_only``) and from their clusters' groups."""
     if not len(rows):
         return
     width = stats.sums.shape[1]
     rows = rows[:, :width]
     seen = ~np.isnan(rows)
     values = np.where(seen, rows, 0.0)
-    targets = [(0, slice(None))] + [(1 + int(c), labels == c) for c in np.unique(labels) if c >= 0]
+    everything: list[tuple[int, Any]] = [] if clusters_only else [(0, slice(None))]
+    targets = everything + [(1 + int(c), labels == c) for c in np.unique(labels) if c >= 0]
     for target, chosen in targets:
         stats.sums[target] += sign * values[chosen].sum(axis=0)
         stats.counts[target] += sign * seen[chosen].sum(axis=0)

@@ -164,3 +164,164 @@ def test_a_replaced_record_moves_the_statistics_once_and_profiles_added_later_ar
     assert stats.counts[0, :, 0].tolist() == [1, 1, 0]
     assert stats.sums[0, 0, 0] == 0.0 and stats.maxes[0, 0, 0] == 1.0  # the maximum stays an upper bound
     assert np.isnan(table.outcomes(["x"], ["b"])).all() and table.count() == 2
+
+
+def _vector(rng: np.random.Generator, dimension: int = 8) -> np.ndarray:
+    return unit(rng.normal(size=(1, dimension)))[0]
+
+
+def test_feedback_on_a_record_this_table_has_not_seen_yet_keeps_its_other_outcomes() -> None:
+    # Feedback may reach a host before that host's table caught up with the record another host wrote.
+    import chromadb
+
+    rng = np.random.default_rng(0)
+    client = chromadb.EphemeralClient()
+    writer = ChromaHistory(client=client, collection="feedback-early")
+    other = ChromaHistory(client=client, collection="feedback-early")
+    writer.upsert([HistoryRecord(id="a", embedding=_vector(rng), outcomes={"p1": ModelOutcome(quality=0.5)})])
+    other.count()  # in step now; the next record arrives between two of its syncs
+    writer.upsert([HistoryRecord(id="x", embedding=_vector(rng), outcomes={
+        "p1": ModelOutcome(quality=1.0), "p2": ModelOutcome(quality=0.9)})])
+    other.update_outcome("x", "p1", ModelOutcome(cost_usd=0.01))
+    np.testing.assert_allclose(other.profile_means(["p1", "p2"])[:, [0, 3]], [[0.75, 0.01], [0.9, np.nan]])
+    assert other.count() == 2
+
+
+def test_a_collection_deleted_and_created_again_is_read_anew(monkeypatch: pytest.MonkeyPatch) -> None:
+    import chromadb
+
+    import llm_router_plugin.history as history_module
+
+    rng = np.random.default_rng(1)
+    client = chromadb.EphemeralClient()
+    history = ChromaHistory(client=client, collection="recreated")
+    history.upsert([HistoryRecord(id=f"r{i}", embedding=_vector(rng), outcomes={"p": ModelOutcome(quality=1.0)})
+                    for i in range(2)])
+    client.delete_collection("recreated")
+    client.create_collection("recreated", embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
+    monkeypatch.setattr(history_module, "EXACT_RECHECK_S", 0.0)
+    assert history.count() == 0
+    history.upsert([HistoryRecord(id="new", embedding=_vector(rng), outcomes={"p": ModelOutcome(quality=0.0)})])
+    assert history.count() == 1 and history.profile_means(["p"])[0, 0] == 0.0
+
+
+def test_centres_of_another_dimension_do_not_survive_a_rebuild(tmp_path: Path) -> None:
+    # The operator moved to an embedder of another width, and history was imported anew elsewhere.
+    import chromadb
+
+    rng = np.random.default_rng(2)
+    client = chromadb.EphemeralClient()
+    history = ChromaHistory(tmp_path, client=client, collection="other-width")
+    history.label_clusters(np.eye(4, dtype=np.float32))
+    history.upsert([HistoryRecord(id="a", embedding=_vector(rng, 4), outcomes={"p": ModelOutcome(quality=1.0)})])
+    client.delete_collection("other-width")
+    ChromaHistory(client=client, collection="other-width").upsert(
+        [HistoryRecord(id="b", embedding=_vector(rng, 8), outcomes={"p": ModelOutcome(quality=0.5)})])
+    restarted = ChromaHistory(tmp_path, client=client, collection="other-width")
+    assert restarted.profile_means(["p"])[0, 0] == 0.5
+    assert restarted.cluster_stats(np.eye(8, dtype=np.float32)[:2], ["p"]).counts.sum() == 1
+
+
+def test_a_catch_up_cut_short_reads_the_rest_next_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import chromadb
+    import httpx
+
+    import llm_router_plugin.history as history_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(history_module.time, "time", lambda: clock[0])
+    rng = np.random.default_rng(3)
+    client = chromadb.EphemeralClient()
+    writer = ChromaHistory(client=client, collection="cut-short")
+    reader = ChromaHistory(client=client, collection="cut-short")
+    writer.upsert([HistoryRecord(id=f"r{i}", embedding=_vector(rng), outcomes={"p": ModelOutcome(quality=0.0)})
+                   for i in range(4)])
+    assert reader.count() == 4
+    clock[0] = 2000.0
+    writer.update_outcome("r3", "p", ModelOutcome(quality=1.0))  # merged first, but last in insertion order
+    clock[0] = 3000.0
+    writer.update_outcome("r0", "p", ModelOutcome(quality=1.0))
+    monkeypatch.setattr(history_module, "EXACT_RECHECK_S", 0.0)
+    monkeypatch.setattr(reader, "_batch", lambda: 1)
+    pages = reader._pages
+
+    def cut_short(include: list[str], where: Any = None) -> Any:
+        for number, page in enumerate(pages(include, where)):
+            if number == 1:
+                raise httpx.ConnectError("the server went away")
+            yield page
+
+    monkeypatch.setattr(reader, "_pages", cut_short)
+    reader.profile_means(["p"])
+    monkeypatch.setattr(reader, "_pages", pages)
+    assert reader.profile_means(["p"])[0, 0] == 0.5  # both merges, once the store answers again
+
+
+def test_two_connections_committing_back_to_back_keep_every_statistic(tmp_path: Path) -> None:
+    # Another process commits right after this one's COMMIT: this one must not take its copy for current.
+    path = tmp_path / "outcomes.sqlite3"
+    one, other = OutcomeTable(path), OutcomeTable(path)
+
+    class Interleaved:
+        def __init__(self, connection: Any) -> None:
+            self.connection, self.fire = connection, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.connection, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            result = self.connection.execute(sql, *args)
+            if sql == "COMMIT" and self.fire:
+                self.fire = False
+                other.write(["b"], [{"p": [0.2, 1, 1, 1]}], None)
+            return result
+
+    one._conn = Interleaved(one._conn)  # type: ignore[assignment]
+    one.write(["a0"], [{"p": [0.4, 1, 1, 1]}], None)
+    one._conn.fire = True  # type: ignore[attr-defined]
+    one.write(["a"], [{"p": [1.0, 1, 1, 1]}], None)
+    one.write(["c"], [{"p": [0.6, 1, 1, 1]}], None)
+    stats = other.statistics(["p"])
+    assert (one.count(), other.count(), stats.counts[0, 0, 0]) == (4, 4, 4)
+    assert stats.sums[0, 0, 0] == pytest.approx(2.2)
+
+
+def test_a_query_with_nan_similarities_still_gets_k_neighbours() -> None:
+    from llm_router_plugin.exact_index import ExactIndex
+
+    vectors = unit(np.random.default_rng(4).normal(size=(10, 4)))
+    queries = np.stack([vectors[0], np.full(4, np.nan, dtype=np.float32)])
+    ids, _ = ExactIndex([f"r{i}" for i in range(10)], vectors).search(queries, 3)
+    assert [len(row) for row in ids] == [3, 3] and ids[0][0] == "r0"
+
+
+def test_a_relabelling_lets_other_processes_write_between_its_pages(tmp_path: Path) -> None:
+    # Relabelling a big history takes minutes: a single transaction around it failed other processes' writes
+    # ("database is locked") and with them their routes and feedback.
+    path = tmp_path / "outcomes.sqlite3"
+    one, other = OutcomeTable(path), OutcomeTable(path)
+    other._conn.execute("PRAGMA busy_timeout = 100")
+    rng = np.random.default_rng(5)
+    vectors = unit(rng.normal(size=(40, 4)))
+    rows = [{"p": [float(rng.random()), 1, 1, 1]} for _ in range(40)]
+    ids = [f"r{i}" for i in range(40)]
+    one.write(ids, rows, vectors)
+    centres = unit(rng.normal(size=(3, 4)))
+    extra = unit(rng.normal(size=(1, 4)))
+
+    def pages() -> Any:
+        for start in range(0, 40, 10):
+            yield ids[start : start + 10], vectors[start : start + 10]
+            if start == 10:  # another process writes meanwhile: a new record, and one of a page already labelled
+                other.write(["new", "r0"], [{"p": [0.5, 1, 1, 1]}, {"p": [0.25, 1, 1, 1]}],
+                            np.concatenate([extra, vectors[:1]]))
+
+    one.relabel(centres, pages())
+    stats = one.statistics(["p"])
+    labels = np.argmax(np.concatenate([vectors, extra]) @ centres.T, axis=1)
+    quality = np.array([r["p"][0] for r in rows] + [0.5])
+    quality[0] = 0.25
+    for cluster in range(3):
+        assert stats.counts[1 + cluster, 0, 0] == (labels == cluster).sum()
+        assert stats.sums[1 + cluster, 0, 0] == pytest.approx(quality[labels == cluster].sum())
+    assert stats.counts[0, 0, 0] == 41 and stats.sums[0, 0, 0] == pytest.approx(quality.sum())
