@@ -11,6 +11,7 @@ only, and the means over a million records are there when the first query arrive
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -234,13 +235,13 @@ class ChromaHistory:
         self._client: Any = client
         self._collection: Any = None
         self._address: str | None = None
-        table = None
+        self._table_path: Path | None = None
         if path is not None:
             folder = Path(path)
             private_dir(folder)
             suffix = "" if host is None or client is not None else f"-{host}-{port}"
-            table = folder / f"llm-router-outcomes-{collection}{suffix}.sqlite3"
-        self._table = OutcomeTable(table)
+            self._table_path = folder / f"llm-router-outcomes-{collection}{suffix}.sqlite3"
+        self._table = OutcomeTable(self._table_path)
         if client is None and host:
             self._address = f"{host}:{port}"
             self._connect = partial(chromadb.HttpClient, host=host, port=port, settings=settings)
@@ -561,7 +562,17 @@ class ChromaHistory:
                 self._exact_seen = max(self._exact_seen, newest)
 
     def _rebuild(self, identity: str, total: int) -> None:
-        """Build the outcome table anew from every record of the store (a missing or stale table)."""
+        """Build the outcome table anew from every record of the store (a missing or stale table).
+
+        Processes sharing the table file take turns (a file lock): after an upgrade every proxy worker finds the table
+        missing, and one builds it while the others wait and then find it in step.
+        """
+        with _rebuild_lock(self._table_path):
+            if self._table.get("collection") == identity and self._table.count() == total:
+                return
+            self._build(identity, total)
+
+    def _build(self, identity: str, total: int) -> None:
         _log.info("history store: building the local outcome table from the %d records of %r (once)", total,
                   self._name)
         centres = self._table.centres()
@@ -672,6 +683,24 @@ class ChromaHistory:
         pages = ((page["ids"], np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
                  for page in self._pages(["embeddings"]))
         self._table.relabel(centres, pages)
+
+
+@contextlib.contextmanager
+def _rebuild_lock(table: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock beside the table file (nothing for a table in memory, or where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: concurrent rebuilds stay correct, each only repeats the work
+        fcntl = None  # type: ignore[assignment]
+    if table is None or fcntl is None:
+        yield
+        return
+    with table.with_name(table.name + ".rebuild-lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _same(stored: np.ndarray | None, centres: np.ndarray) -> bool:

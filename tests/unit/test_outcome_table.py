@@ -325,3 +325,31 @@ def test_a_relabelling_lets_other_processes_write_between_its_pages(tmp_path: Pa
         assert stats.counts[1 + cluster, 0, 0] == (labels == cluster).sum()
         assert stats.sums[1 + cluster, 0, 0] == pytest.approx(quality[labels == cluster].sum())
     assert stats.counts[0, 0, 0] == 41 and stats.sums[0, 0, 0] == pytest.approx(quality.sum())
+
+
+def test_processes_that_find_the_table_missing_rebuild_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    # After an upgrade, every proxy worker starts without a table: one builds it, the others wait for it instead of
+    # each wiping the others' progress.
+    import threading
+
+    ChromaHistory(tmp_path / "chroma").upsert(records())
+    for table in (tmp_path / "chroma").glob("llm-router-outcomes-*"):
+        table.unlink()
+    workers = [ChromaHistory(tmp_path / "chroma") for _ in range(3)]
+    cleared: list[int] = []
+    clear = OutcomeTable.clear
+
+    def counted(self: OutcomeTable) -> None:
+        cleared.append(1)
+        threading.Event().wait(0.1)  # a rebuild takes a while: the others arrive meanwhile
+        clear(self)
+
+    monkeypatch.setattr(OutcomeTable, "clear", counted)
+    threads = [threading.Thread(target=worker.count) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(cleared) == 1
+    assert [worker.count() for worker in workers] == [300, 300, 300]
