@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -200,12 +201,7 @@ def bench(
             typer.echo(report.run_table(run) + "\n")
     typer.echo(report.mean_table(result))
     typer.echo(f"wall time {result.seconds:.0f} s")
-    if json_out:
-        report.write_json(result, json_out)
-        typer.echo(f"wrote {json_out}")
-    if plot:
-        report.write_plot(result, plot)
-        typer.echo(f"wrote {plot}")
+    _write(result, json_out, report.write_json, plot, report.write_plot)
 
 
 @app.command("bench-scale")
@@ -291,12 +287,16 @@ def bench_speed(
     with tempfile.TemporaryDirectory(prefix="llm-router-bench-speed-") as scratch:
         result = speed.run(options, work_dir or Path(scratch), progress=lambda line: typer.echo(line, err=True))
     typer.echo(speed.format_table(result))
-    if json_out:
-        scale.write_json(result, json_out)
-        typer.echo(f"wrote {json_out}")
-    if plot:
-        speed.write_plot(result, plot)
-        typer.echo(f"wrote {plot}")
+    _write(result, json_out, scale.write_json, plot, speed.write_plot)
+
+
+def _write(result: Any, json_out: Path | None, write_json: Callable[[Any, Path], None], plot: Path | None,
+           write_plot: Callable[[Any, Path], None]) -> None:
+    """Write a benchmark's JSON and plot where asked, saying so."""
+    for path, write in ((json_out, write_json), (plot, write_plot)):
+        if path:
+            write(result, path)
+            typer.echo(f"wrote {path}")
 
 
 def parse_counts(text: str, option: str) -> tuple[int, ...]:
