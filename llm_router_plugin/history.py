@@ -545,9 +545,9 @@ class ChromaHistory:
         since = min(seen) - CATCH_UP_SLACK_S
         newest = since
         for page in self._pages(["embeddings", "metadatas"], where={WRITTEN_AT: {"$gte": since}}):
-            vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
+            vectors = _vectors(page)
             metadatas = page["metadatas"] or [None] * len(page["ids"])
-            newest = max([newest] + [float((m or {}).get(WRITTEN_AT, 0.0)) for m in metadatas])
+            newest = max(newest, _newest(metadatas))
             if table:
                 self._table.write(page["ids"], [decode_outcomes(m) for m in metadatas], vectors)
             if index is not None:
@@ -579,13 +579,13 @@ class ChromaHistory:
         self._table.clear()
         newest = 0.0
         for page in self._pages(["embeddings", "metadatas"]):
-            vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
+            vectors = _vectors(page)
             if centres is not None:  # kept if the records are still of their width (else labelled when asked)
                 if centres.shape[1] == vectors.shape[1]:
                     self._table.relabel(centres, [])
                 centres = None
             metadatas = page["metadatas"] or [None] * len(page["ids"])
-            newest = max([newest] + [float((m or {}).get(WRITTEN_AT, 0.0)) for m in metadatas])
+            newest = max(newest, _newest(metadatas))
             self._table.write(page["ids"], [decode_outcomes(m) for m in metadatas], vectors)
         self._table.write([], [], None, bookkeeping={"collection": identity, "written_seen": repr(newest)})
 
@@ -596,8 +596,8 @@ class ChromaHistory:
         newest = 0.0
         for page in self._pages(["embeddings", "metadatas"]):
             ids += page["ids"]
-            vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
-            newest = max([newest] + [float((m or {}).get(WRITTEN_AT, 0.0)) for m in page["metadatas"] or []])
+            vectors.append(_vectors(page))
+            newest = max(newest, _newest(page["metadatas"] or []))
         index = ExactIndex(ids, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
         with self._lock:
             self._exact, self._exact_seen = index, max(self._exact_seen, newest)
@@ -632,7 +632,7 @@ class ChromaHistory:
         tasks: list[str | None] = []
         for page in self._pages(["embeddings", "documents", "metadatas"]):
             ids += page["ids"]
-            vectors.append(np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
+            vectors.append(_vectors(page))
             texts += page["documents"] or [None] * len(page["ids"])
             tasks += [(meta or {}).get("task") for meta in page["metadatas"] or [None] * len(page["ids"])]
         order = sorted(range(len(ids)), key=ids.__getitem__)
@@ -680,9 +680,19 @@ class ChromaHistory:
         if index is not None and len(index) == self._table.count():
             self._table.relabel(centres, [index.rows()])
             return
-        pages = ((page["ids"], np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1))
+        pages = ((page["ids"], _vectors(page))
                  for page in self._pages(["embeddings"]))
         self._table.relabel(centres, pages)
+
+
+def _vectors(page: Mapping[str, Any]) -> np.ndarray:
+    """The embeddings of a page Chroma returned, as float32 rows."""
+    return np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), -1)
+
+
+def _newest(metadatas: Sequence[Mapping[str, Any] | None]) -> float:
+    """The newest write time among records' metadata (0 for none)."""
+    return max((float((m or {}).get(WRITTEN_AT, 0.0)) for m in metadatas), default=0.0)
 
 
 @contextlib.contextmanager
