@@ -108,7 +108,8 @@ def test_concurrent_embed_calls_from_threads_share_a_forward_pass() -> None:
             threading.Event().wait(0.001)
         inner.release.set()
         results = [future.result(HANG_S) for future in [first, *rest]]
-    assert inner.passes == [texts[:1], texts[1:]]
+    # One pass for the held call, one for all the others; threads queue in whatever order the scheduler runs them.
+    assert len(inner.passes) == 2 and inner.passes[0] == texts[:1] and sorted(inner.passes[1]) == texts[1:]
     for text, rows in zip(texts, results, strict=True):
         np.testing.assert_allclose(rows, reference([text]))
 
