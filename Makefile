@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(wildcard integrations/*/pyp
 	$(PIP) install --quiet --upgrade pip
 	# The CPU wheel first: a bare `torch` requirement would pull GBs of CUDA packages.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]' $(foreach d,$(INTEGRATIONS),-e '$(d:/=)[test]')
+	# PYTHONWARNINGS: setuptools' notes about editable installs are for packagers, not for someone trying the demo.
+	PYTHONWARNINGS=ignore $(PIP) install --quiet -c constraints.txt -e '.[dev]' $(foreach d,$(INTEGRATIONS),-e '$(d:/=)[test]')
 	touch $@
 
 # The Redis ledger's tests start their own redis-server on 127.0.0.1 (a free port; a system service on 6379 is unused).
