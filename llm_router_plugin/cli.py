@@ -27,6 +27,7 @@ from llm_router_plugin.pricing import Price, read_prices
 from llm_router_plugin.profiles import build_profile_set, load_profile_set
 from llm_router_plugin.router import Decision, Router, RouterStatus
 from llm_router_plugin.validation import amount
+from llm_router_plugin.vector_pack import PackedEmbedder, VectorPack, shipped_packs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Budget-aware per-query LLM routing.")
 
@@ -63,6 +64,10 @@ def import_command(
     config: ConfigOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows embedded per forward pass.")] = 256,
     strict: Annotated[bool, typer.Option(help="Refuse the whole file if any row is invalid.")] = False,
+    vectors: Annotated[
+        list[Path] | None, typer.Option(help="Vector pack(s) of the file's prompts (`llm-router vectors`); the "
+                                             "shipped sample's pack is always read.")
+    ] = None,
 ) -> None:
     """Embed a history file's rows and add them to the router's Chroma history (idempotent)."""
     cfg = load_config(config)
@@ -74,8 +79,11 @@ def import_command(
             raise typer.Exit(1)
     # No Router here: its start-up checks (a price for every USD budget) may need the very history being imported.
     history = ChromaHistory.from_config(cfg)
-    embedder = CachingEmbedder(make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep,
-                                             cfg.embedding_backend), cache_path(cfg))
+    embedder = PackedEmbedder(
+        CachingEmbedder(make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep,
+                                      cfg.embedding_backend), cache_path(cfg)),
+        [*shipped_packs(), *(VectorPack.load(path) for path in vectors or ())],
+    )
     # Records go into the profile set's clusters as they are written: no pass over the history at the first route.
     history.label_clusters(load_profile_set(cfg.profile_set).for_embedder(embedder).centres)
     report = import_history(data, history, embedder, batch_size=batch_size, store_prompts=cfg.store_prompts,
@@ -87,6 +95,23 @@ def import_command(
     missing = [d.model for d in cfg.deployments if d.model not in report.models]
     if missing:
         typer.echo(f"note: this file has no outcomes for profiles {missing}", err=True)
+
+
+@app.command("vectors")
+def vectors_command(
+    out: Annotated[Path, typer.Option(help="The pack to write (.npz).")],
+    file: Annotated[Path | None, typer.Argument(help="CSV/JSONL, unified schema (default: shipped sample)")] = None,
+    config: ConfigOption = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts embedded per forward pass.")] = 256,
+) -> None:
+    """Embed a history file's prompts once into a vector pack, which `llm-router import --vectors` reads."""
+    cfg = load_config(config)
+    data = read_data(file or bundled_path())
+    embedder = CachingEmbedder(make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep,
+                                             cfg.embedding_backend), cache_path(cfg))
+    pack = VectorPack.build((row.prompt for row in data.rows), embedder, batch_size=batch_size)
+    pack.save(out)
+    typer.echo(f"wrote {len(pack.keys)} vectors of {pack.model} ({len(data.rows)} rows) to {out}")
 
 
 @app.command()

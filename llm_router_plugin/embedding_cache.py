@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS embeddings (
 """
 
 
+def text_key(text: str) -> bytes:
+    """The key of a text's vector: the SHA-256 of its UTF-8 bytes (lone surrogates kept, not an error)."""
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).digest()
+
+
 def cache_path(config: RouterConfig) -> Path:
     """The embedding cache a config names: ``embedding_cache``, else ``<data_dir>/embeddings.sqlite3``."""
     return config.embedding_cache or Path(config.data_dir) / CACHE_FILE
@@ -78,7 +83,7 @@ class CachingEmbedder(WrappedEmbedder):
         """
         if not texts:
             return self.inner.embed(texts)
-        keys = [hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).digest() for text in texts]
+        keys = [text_key(text) for text in texts]
         with self._connect() as db:
             found = self._read(db, set(keys))
         missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in found}

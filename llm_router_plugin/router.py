@@ -46,6 +46,7 @@ from llm_router_plugin.pricing import resolve_prices, usage_estimate
 from llm_router_plugin.profiles import ProfileSet, load_profile_set
 from llm_router_plugin.timing import stage
 from llm_router_plugin.validation import optional_token_count, token_count
+from llm_router_plugin.vector_pack import PackedEmbedder, shipped_packs
 
 Phase = Literal["warmup", "learned", "explore", "fallback"]
 
@@ -975,8 +976,9 @@ class Router:
         """
         parsed = data if isinstance(data, DataFile) else read_data(data)
         self.history.label_clusters(self.profile_set.centres)  # records labelled as written: no pass later
-        return import_history(parsed, self.history, CachingEmbedder(self.embedder, cache_path(self.config)),
-                              batch_size=batch_size, store_prompts=self.config.store_prompts, progress=progress)
+        embedder = PackedEmbedder(CachingEmbedder(self.embedder, cache_path(self.config)), shipped_packs())
+        return import_history(parsed, self.history, embedder, batch_size=batch_size,
+                              store_prompts=self.config.store_prompts, progress=progress)
 
 
 def _non_text_parts(query: Query) -> int:

@@ -30,3 +30,19 @@ def test_prompts_sharing_a_long_prefix_get_their_questions_embedded() -> None:
 def test_keep_is_checked() -> None:
     with pytest.raises(ValueError, match="keep"):
         SentenceTransformerEmbedder(keep="middle")  # type: ignore[arg-type]
+
+
+def test_the_shipped_vector_pack_is_what_the_bundled_model_computes() -> None:
+    # The pack spares a first import minutes of embedding: it must hold the default embedder's own vectors.
+    from llm_router_plugin import bundled_path, read_data
+    from llm_router_plugin.embedding_cache import text_key
+    from llm_router_plugin.vector_pack import shipped_packs
+
+    (pack,) = shipped_packs()
+    embedder = SentenceTransformerEmbedder(threads=1)
+    assert pack.model == embedder.name
+    rows = read_data(bundled_path()).rows[::400]  # a few of every task
+    live = embedder.embed([row.prompt for row in rows])
+    packed = pack.lookup(text_key(row.prompt) for row in rows)
+    cosines = [float(packed[text_key(row.prompt)] @ vector) for row, vector in zip(rows, live, strict=True)]
+    assert min(cosines) > 0.9999, cosines
