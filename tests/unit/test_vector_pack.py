@@ -61,7 +61,7 @@ def test_a_damaged_pack_is_refused_naming_the_file(tmp_path: Path, damage: str) 
         VectorPack(pack.model, pack.keys, pack.vectors * 2).save(path)
     else:
         np.savez(path, model=np.array(pack.model), keys=np.array(["a", "b"]), vectors=pack.vectors)
-    with pytest.raises(ValueError, match="p.npz"):
+    with pytest.raises(ValueError, match=r"p\.npz"):
         VectorPack.load(path)
 
 
