@@ -1,4 +1,5 @@
-# `make demo` and `make test` are all a newcomer needs; both create .venv and install everything first.
+# `make demo` and `make test` are all a newcomer needs; both create .venv and install everything first. `make bench`
+# runs the full benchmark (the router against PORT and baselines on replayed outcomes).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -27,9 +28,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(wildcard integrations/*/pyp
 install: $(VENV)/.installed
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
+# The shipped history into .llm-router (what `llm-router route` and `status` read), then the router in a real LiteLLM
+# proxy against LiteLLM's own strategies under the same budgets (its last screen: the comparison and its plot).
 demo: install
 	$(VENV)/bin/llm-router import
-	$(VENV)/bin/llm-router bench
+	$(PY) examples/litellm_proxy/run_demo.py
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

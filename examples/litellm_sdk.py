@@ -3,7 +3,7 @@
 The same deployments and router settings as the proxy example (``litellm_proxy/config.yaml``), the same RouterBench
 test prompts; the upstream is the replay server, started in this process. For every prompt the script prints the
 deployment that answered (``metadata["llm_router"]`` holds the decision), then the spend of every deployment against
-its budget and the quality served. Each run starts with fresh budgets; the imported history is kept in ``--data-dir``.
+its budget and the quality served. Each run starts from an empty ``--data-dir`` (fresh budgets, the same history).
 
 Run::
 
@@ -31,18 +31,30 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).with_name("litellm_proxy")))
 
 import litellm
-from demo_common import GROUP, Served, line, load_config, prepare, profiles, report, routerbench, settled
+from demo_common import (
+    GROUP,
+    Served,
+    fresh_data_dir,
+    line,
+    load_config,
+    prepare,
+    profiles,
+    report,
+    routerbench,
+    settled,
+)
 from llm_router_litellm import RoutingStrategy
 
 from llm_router_plugin.replay import ReplayBook, ReplayServer
 
 
 async def run(queries: int, embedding_model: str | None, data_dir: Path) -> None:
+    fresh_data_dir(data_dir)
     history, prompts = routerbench(queries)
     upstream = ReplayServer(ReplayBook.from_files()).start()
     strategy: RoutingStrategy | None = None
     try:
-        config = load_config(upstream.url, data_dir, embedding_model)
+        config = load_config(upstream.url, data_dir, embedding_model, queries)
         router = litellm.Router(model_list=config["model_list"])
         strategy = RoutingStrategy.install(router, config["callback_settings"]["llm_router"])
         prepare(strategy.adapter, history)

@@ -242,7 +242,9 @@ class SentenceTransformerEmbedder(_LazyEmbedder):
     @property
     def dimension(self) -> int:
         """Embedding length of the model."""
-        return int(self._load().get_sentence_embedding_dimension())
+        model = self._load()
+        # sentence-transformers 6 renamed the method (the old name warns); releases before 6 have only the old one.
+        return int(getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)())
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts (each cut to :data:`MAX_EMBED_CHARS` at the kept end) into normalised float32 rows."""

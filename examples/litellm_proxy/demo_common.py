@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 from llm_router_litellm import LiteLLMAdapter, deployment_config
 
-from llm_router_plugin import DataFile, bundled_path, import_history, read_data
+from llm_router_plugin import DataFile, bundled_path, read_data
 from llm_router_plugin.cli import format_status
 from llm_router_plugin.dataset import DataRow
-from llm_router_plugin.embedding_cache import CACHE_FILE, CachingEmbedder, cache_path
+from llm_router_plugin.embedding_cache import CACHE_FILE
 
 CONFIG = Path(__file__).with_name("config.yaml")
 #: The routed model group of config.yaml.
@@ -37,12 +37,18 @@ class Served:
     phase: str
 
 
-def load_config(api_base: str, data_dir: Path, embedding_model: str | None) -> dict[str, Any]:
-    """config.yaml with every deployment pointed at ``api_base`` and the router's data in ``data_dir``."""
+def load_config(api_base: str, data_dir: Path, embedding_model: str | None, queries: int) -> dict[str, Any]:
+    """config.yaml with every deployment pointed at ``api_base``, the router's data in ``data_dir``, and the budgets
+    scaled from the config's ``expected_queries`` to ``queries`` (a short run gets a proportionally small budget)."""
     config = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    settings = config["callback_settings"]["llm_router"]
+    scale = queries / settings["expected_queries"]
+    settings["expected_queries"] = queries
     for deployment in config["model_list"]:
         deployment["litellm_params"]["api_base"] = api_base
-    settings = config["callback_settings"]["llm_router"]
+        budget = deployment.get("model_info", {}).get("llm_router", {})
+        if "usd_budget" in budget:
+            budget["usd_budget"] = round(budget["usd_budget"] * scale, 6)
     settings["data_dir"] = str(data_dir)
     # The embedding cache of the folder above: for the default --data-dir, .llm-router's, which `llm-router import`
     # (make demo) fills, so the demo embeds none of its texts again.
@@ -62,13 +68,22 @@ def routerbench(queries: int, seed: int = 0) -> tuple[DataFile, list[DataRow]]:
     return history, random.Random(seed).sample(test, queries)
 
 
+def fresh_data_dir(data_dir: Path) -> None:
+    """Empty the demo's data folder: every run starts with fresh budgets and the same history, so runs compare.
+
+    The history is imported again each run, in seconds: the shipped sample's vectors come from the package's vector
+    pack (or, for another embedder, from the embedding cache one folder up), so no prompt is embedded twice.
+    """
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+
+
 def prepare(adapter: LiteLLMAdapter, history: DataFile) -> None:
-    """Import the history (skipped when already there) and start every routed group's budgets afresh."""
-    shutil.rmtree(Path(adapter.settings.data_dir) / "litellm", ignore_errors=True)
-    embedder = CachingEmbedder(adapter.embedder, cache_path(adapter.settings))
-    report = import_history(history, adapter.history, embedder, store_prompts=adapter.settings.store_prompts,
-                            progress=True)
-    print(f"history: {report.added} rows added, {report.existing} already there")
+    """Import the history into the routed group's store."""
+    router = adapter.router(GROUP)
+    assert router is not None, f"config.yaml routes no group {GROUP!r}"
+    report = router.import_history(history)
+    print(f"history: {report.added} RouterBench training prompts imported in {report.seconds:.1f} s")
 
 
 async def settled(adapter: LiteLLMAdapter, timeout: float = 30.0) -> None:
@@ -84,6 +99,12 @@ def profiles(config: dict[str, Any]) -> dict[str, str]:
     """Deployment id → model profile, for the routed group of a LiteLLM config."""
     return {d.name: d.model for d in (deployment_config(entry) for entry in config["model_list"]
                                       if entry["model_name"] == GROUP)}
+
+
+def budgets(config: dict[str, Any]) -> dict[str, float]:
+    """Deployment id → USD budget, for the routed group of a LiteLLM config."""
+    return {d.name: d.usd_budget for d in (deployment_config(entry) for entry in config["model_list"]
+                                           if entry["model_name"] == GROUP) if d.usd_budget is not None}
 
 
 def line(i: int, served: Served, profile: dict[str, str]) -> str:
