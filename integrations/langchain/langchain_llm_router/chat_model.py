@@ -13,7 +13,7 @@ from contextlib import aclosing, closing
 from typing import Any, Literal, Self, TypedDict, TypeVar, cast, overload
 
 from langchain_core.callbacks import BaseCallbackManager, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_model_stream import AsyncChatModelStream, ChatModelStream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_openai_messages
 from langchain_core.outputs import ChatResult
@@ -21,7 +21,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.runnables.config import merge_configs
 from langchain_core.runnables.schema import StreamEvent
 from langchain_core.tools import BaseTool
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, model_validator
 
 from langchain_llm_router._recording import AsyncRecordingHandler, RecordingHandler
 from llm_router_plugin import Decision, Router
@@ -90,8 +90,6 @@ class RoutingChatModel(BaseChatModel):
     Attributes:
         router: the core router; its config names the deployments and budgets.
         models: deployment name → the chat model that serves it. Only these deployments are routed to.
-        bound_tools: tools bound with :meth:`bind_tools`, applied to the chosen child per call.
-        bound_tool_kwargs: the other arguments of :meth:`bind_tools`.
 
     Example:
         >>> model = RoutingChatModel(  # doctest: +SKIP
@@ -103,8 +101,6 @@ class RoutingChatModel(BaseChatModel):
 
     router: Router
     models: Mapping[str, BaseChatModel]
-    bound_tools: list[Any] | None = None
-    bound_tool_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_models(self) -> Self:
@@ -124,6 +120,22 @@ class RoutingChatModel(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"deployments": list(self.models)}
 
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """Tracing parameters: the router as provider and, as the model, the deployments any call may go to.
+
+        Args:
+            stop: stop sequences of the call.
+            **kwargs: call arguments; a ``model`` one names the model (the chosen child is asked for it).
+
+        Returns:
+            LangChain's standard tracing parameters (``ls_provider``, ``ls_model_name``, ``ls_model_type``, and
+            ``ls_temperature``/``ls_max_tokens``/``ls_stop`` when the call sets them).
+        """
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = self._llm_type
+        params.setdefault("ls_model_name", "|".join(self.models))
+        return params
+
     # ------------------------------------------------------------------------------------------- bindings
 
     def bind_tools(
@@ -132,8 +144,11 @@ class RoutingChatModel(BaseChatModel):
         *,
         tool_choice: str | None = None,
         **kwargs: Any,
-    ) -> RoutingChatModel:
+    ) -> Runnable[LanguageModelInput, AIMessage]:
         """Bind tools to whichever child each call is routed to.
+
+        The tools are bound as call arguments (``tools``, ``tool_choice`` and ``kwargs``), as on any chat model, so
+        agent frameworks see them; each call hands them to the chosen child's ``bind_tools``.
 
         Args:
             tools: passed to the chosen child's ``bind_tools`` at call time.
@@ -141,7 +156,7 @@ class RoutingChatModel(BaseChatModel):
             **kwargs: passed on to the child's ``bind_tools``.
 
         Returns:
-            A routing model (sharing this one's router and children) that binds the tools per call.
+            This model with the tools bound.
 
         Raises:
             ValueError: a child does not implement ``bind_tools``.
@@ -149,7 +164,7 @@ class RoutingChatModel(BaseChatModel):
         self._require("bind_tools")
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
-        return self.model_copy(update={"bound_tools": list(tools), "bound_tool_kwargs": kwargs})
+        return self.bind(tools=list(tools), **kwargs)
 
     def with_structured_output(
         self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
@@ -219,9 +234,12 @@ class RoutingChatModel(BaseChatModel):
         Raises:
             BudgetExhaustedError: no deployment can afford the input and none is a fallback.
         """
-        decision, message = self._run(
-            input, config, lambda d, c: self._child(d).invoke(input, c, stop=stop, **kwargs), _itself
-        )
+
+        def call(decision: Decision, child_config: RunnableConfig) -> BaseMessage:
+            child, child_kwargs = self._child(decision, kwargs)
+            return child.invoke(input, child_config, stop=stop, **child_kwargs)
+
+        decision, message = self._run(input, config, call, _itself)
         return cast(AIMessage, _annotate(message, decision))
 
     async def ainvoke(
@@ -231,7 +249,8 @@ class RoutingChatModel(BaseChatModel):
         """Async :meth:`invoke`."""
 
         async def call(decision: Decision, child_config: RunnableConfig) -> BaseMessage:
-            return await self._child(decision).ainvoke(input, child_config, stop=stop, **kwargs)
+            child, child_kwargs = self._child(decision, kwargs)
+            return await child.ainvoke(input, child_config, stop=stop, **child_kwargs)
 
         decision, message = await self._arun(input, config, call, _itself)
         return cast(AIMessage, _annotate(message, decision))
@@ -258,8 +277,8 @@ class RoutingChatModel(BaseChatModel):
         handler = RecordingHandler(self.router, decision)
         last: AIMessageChunk | None = None
         with handler.settling():
-            chunks = self._child(decision).stream(input, self._child_config(config, decision, handler), stop=stop,
-                                                  **kwargs)
+            child, child_kwargs = self._child(decision, kwargs)
+            chunks = child.stream(input, self._child_config(config, decision, handler), stop=stop, **child_kwargs)
             # Closing the child on early exit lets its run end (and this call settle) now, not at garbage collection.
             with closing(cast(Generator[AIMessageChunk, None, None], chunks)) as child_chunks:
                 for chunk in child_chunks:
@@ -276,8 +295,8 @@ class RoutingChatModel(BaseChatModel):
         handler = AsyncRecordingHandler(self.router, decision)
         last: AIMessageChunk | None = None
         async with handler.settling():
-            chunks = self._child(decision).astream(input, self._child_config(config, decision, handler), stop=stop,
-                                                   **kwargs)
+            child, child_kwargs = self._child(decision, kwargs)
+            chunks = child.astream(input, self._child_config(config, decision, handler), stop=stop, **child_kwargs)
             async with aclosing(cast(AsyncGenerator[AIMessageChunk, None], chunks)) as child_chunks:
                 async for chunk in child_chunks:
                     yield _annotate(chunk, decision) if last is None else chunk
@@ -310,8 +329,9 @@ class RoutingChatModel(BaseChatModel):
         decision = self._route(input)
         handler = RecordingHandler(self.router, decision)
         with handler.settling():
-            return self._child(decision).stream_events(
-                input, self._child_config(config, decision, handler), version="v3", stop=stop, **kwargs
+            child, child_kwargs = self._child(decision, kwargs)
+            return child.stream_events(
+                input, self._child_config(config, decision, handler), version="v3", stop=stop, **child_kwargs
             )
 
     @overload
@@ -341,8 +361,9 @@ class RoutingChatModel(BaseChatModel):
         decision = await self._aroute(input)
         handler = AsyncRecordingHandler(self.router, decision)
         async with handler.settling():
-            return await self._child(decision).astream_events(
-                input, self._child_config(config, decision, handler), version="v3", stop=stop, **kwargs
+            child, child_kwargs = self._child(decision, kwargs)
+            return await child.astream_events(
+                input, self._child_config(config, decision, handler), version="v3", stop=stop, **child_kwargs
             )
 
     def _generate(
@@ -369,11 +390,19 @@ class RoutingChatModel(BaseChatModel):
     async def _aroute(self, input: LanguageModelInput) -> Decision:
         return await self.router.aroute(self._query(input), deployments=list(self.models))
 
-    def _child(self, decision: Decision) -> Runnable[LanguageModelInput, BaseMessage]:
+    def _child(
+        self, decision: Decision, kwargs: dict[str, Any]
+    ) -> tuple[Runnable[LanguageModelInput, BaseMessage], dict[str, Any]]:
+        """The chosen child and the call arguments to give it.
+
+        Tools (bound with :meth:`bind_tools` or passed per call) arrive as the ``tools`` call argument. They and the
+        other arguments go through the child's own ``bind_tools``, which converts them to its provider's format.
+        """
         model = self.models[decision.deployment]
-        if self.bound_tools is None:
-            return model
-        return model.bind_tools(self.bound_tools, **self.bound_tool_kwargs)
+        if "tools" not in kwargs:
+            return model, kwargs
+        options = dict(kwargs)
+        return model.bind_tools(options.pop("tools"), **options), {}
 
     def _child_config(
         self, config: RunnableConfig | None, decision: Decision, handler: RecordingHandler | AsyncRecordingHandler

@@ -22,6 +22,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 _WORD = re.compile(r"\S+\s*")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 # Tool choices that let the model pick the tool (rather than name one).
 _ANY_TOOL = {None, "auto", "any", "required", True}
 
@@ -37,8 +38,8 @@ class WordCountChatModel(BaseChatModel):
     Without tools it replies ``reply.format(model=model_name, input=<text of the last message>)``. With tools bound
     (``bind_tools``) and the last message not a tool result, it calls one tool instead: the one ``tool_choice``
     names, else the first; its arguments are ``tool_args``, else one value per required parameter (strings get
-    the last message's text, numbers 1, booleans true, lists and objects empty). Structured output works through
-    tool calling (LangChain's default ``with_structured_output``).
+    the last message's text; integers and numbers the numbers in it, in order, then 1; booleans true; lists and
+    objects empty). Structured output works through tool calling (LangChain's default ``with_structured_output``).
 
     Usage: input tokens are the words of all input messages, output tokens the words of the reply (or of the tool
     calls' JSON arguments). ``stream`` yields one chunk per word; the last chunk carries the usage, the tool calls
@@ -161,12 +162,20 @@ class WordCountChatModel(BaseChatModel):
 
 
 def _example_args(parameters: dict[str, Any], text: str) -> dict[str, Any]:
-    """One value of the right JSON type for every required parameter."""
+    """One value of the right JSON type for every required parameter; numeric ones take the text's numbers."""
     properties = parameters.get("properties", {})
-    by_type: dict[str, Any] = {"string": text, "integer": 1, "number": 1.0, "boolean": True, "array": [],
-                               "object": {}, "null": None}
+    by_type: dict[str, Any] = {"string": text, "boolean": True, "array": [], "object": {}, "null": None}
+    numbers = iter(_NUMBER.findall(text))
     args = {}
     for name in parameters.get("required", []):
         schema = properties.get(name, {})
-        args[name] = schema["enum"][0] if schema.get("enum") else by_type.get(schema.get("type", "string"), text)
+        kind = schema.get("type", "string")
+        if schema.get("enum"):
+            args[name] = schema["enum"][0]
+        elif kind in ("integer", "number"):
+            # As a model reads "magic_function(3)": the request's numbers fill the numeric parameters in order.
+            number = float(next(numbers, "1"))
+            args[name] = int(number) if kind == "integer" else number
+        else:
+            args[name] = by_type.get(kind, text)
     return args

@@ -6,10 +6,12 @@ from collections.abc import Iterable
 from typing import Any, cast
 from uuid import UUID
 
+import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import add_ai_message_chunks
+from langchain_llm_router import RoutingChatModel
 from langchain_llm_router.testing import WordCountChatModel
 
 from llm_router_plugin import DeploymentStatus, HistoryRecord, ModelOutcome, Router
@@ -66,3 +68,25 @@ def join_chunks(chunks: Iterable[BaseMessage]) -> AIMessageChunk:
     """The message a stream of chunks adds up to."""
     first, *rest = [cast(AIMessageChunk, chunk) for chunk in chunks]
     return add_ai_message_chunks(first, *rest)
+
+
+class StandardSuiteParams:
+    """What LangChain's standard chat-model suites need to build a routing model over the two fakes.
+
+    The suites build the model themselves, from ``chat_model_params``; the router comes from the ``router`` fixture
+    (a fresh folder per test), kept by an autouse fixture because a property cannot request fixtures.
+    """
+
+    _router: Router
+
+    @pytest.fixture(autouse=True)
+    def _keep_router(self, router: Router) -> None:
+        self._router = router
+
+    @property
+    def chat_model_class(self) -> type[RoutingChatModel]:
+        return RoutingChatModel
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"router": self._router, "models": fakes()}

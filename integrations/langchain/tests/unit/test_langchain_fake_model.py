@@ -73,3 +73,14 @@ def test_structured_output_fills_required_fields_by_type_or_from_tool_args() -> 
     assert WordCountChatModel().with_structured_output(Verdict).invoke("yes") == Verdict(answer="yes", votes=1)
     fixed = WordCountChatModel(tool_args={"answer": "no", "votes": 3})
     assert fixed.with_structured_output(Verdict).invoke("yes") == Verdict(answer="no", votes=3)
+
+
+def test_numeric_tool_arguments_are_the_numbers_of_the_request_in_order() -> None:
+    @tool
+    def add(a: int, b: float, c: int) -> float:
+        """Add three numbers."""
+        return a + b + c
+
+    call = WordCountChatModel().bind_tools([add]).invoke("What is 3 plus 2.5?")
+
+    assert call.tool_calls[0]["args"] == {"a": 3, "b": 2.5, "c": 1}

@@ -168,3 +168,13 @@ async def test_afeedback_reaches_the_decision_log(model: RoutingChatModel, route
 
     logged = router.decisions.get(info["decision_id"])
     assert logged is not None and logged.outcome["quality"] == 0.0
+
+
+def test_tracing_parameters_name_the_router_and_its_deployments(model: RoutingChatModel) -> None:
+    params = model._get_ls_params(stop=["\n"], temperature=0.2)
+
+    assert params["ls_provider"] == "llm-router" and params["ls_model_type"] == "chat"
+    assert params["ls_model_name"] == "big|small"
+    assert params["ls_stop"] == ["\n"] and params["ls_temperature"] == 0.2
+    # A per-call model is passed to the chosen child, which then answers with that model.
+    assert model._get_ls_params(model="gpt-4o-mini")["ls_model_name"] == "gpt-4o-mini"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.language_models import FakeListChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.runnables import RunnableBinding
 from langchain_core.tools import tool
 from langchain_llm_router import RoutingChatModel, route_info
 from langchain_llm_router.testing import WordCountChatModel
@@ -70,8 +71,21 @@ async def test_bound_tools_reach_the_child_on_the_async_and_streaming_paths(mode
 def test_binding_tools_leaves_the_unbound_model_unchanged(model: RoutingChatModel) -> None:
     bound = model.bind_tools([calculator])
 
-    assert isinstance(bound, RoutingChatModel) and bound.router is model.router
     assert bound.invoke(MATH).tool_calls and not model.invoke(MATH).tool_calls
+
+
+def test_bound_tools_are_visible_as_call_arguments_of_a_binding(model: RoutingChatModel) -> None:
+    # Agent frameworks (e.g. create_agent) look for tools already bound in a RunnableBinding's kwargs.
+    bound = model.bind_tools([calculator], tool_choice="calculator")
+
+    assert isinstance(bound, RunnableBinding) and bound.bound is model
+    assert bound.kwargs["tools"] == [calculator] and bound.kwargs["tool_choice"] == "calculator"
+
+
+def test_tools_passed_as_call_arguments_are_bound_on_the_chosen_child(model: RoutingChatModel) -> None:
+    reply = model.invoke(MATH, tools=[calculator], tool_choice="calculator")
+
+    assert [c["name"] for c in reply.tool_calls] == ["calculator"]
 
 
 def test_binding_tools_needs_children_that_support_them(router: Router) -> None:
