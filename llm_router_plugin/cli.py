@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from llm_router_plugin._files import read_yaml
 from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.dataset import bundled_path, import_history, read_data
 from llm_router_plugin.embedding import Backend, Keep, make_embedder
@@ -36,6 +38,22 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def show_version(asked: bool) -> None:
+    """Print the installed package's version and stop (the ``--version`` option)."""
+    if asked:
+        typer.echo(f"llm-router {package_version('llm-router-plugin')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Budget-aware per-query LLM routing."""
+
+
 def load_config(path: Path | None) -> RouterConfig:
     """Resolve and load the router config (see the module docstring for the lookup order).
 
@@ -48,12 +66,18 @@ def load_config(path: Path | None) -> RouterConfig:
     Raises:
         FileNotFoundError: ``--config`` or ``$LLM_ROUTER_CONFIG`` names no file (a typo must not silently route with
             the shipped default config).
-        ValueError: the file is not a valid config (the message names the file and the line or field).
+        ValueError: the file is not a valid config (the message names the file and the line or field), or is a
+            LiteLLM proxy config (the message points to ``--proxy-config``).
     """
     if path is None and os.environ.get("LLM_ROUTER_CONFIG"):
         path = Path(os.environ["LLM_ROUTER_CONFIG"])
     if path is None:
         path = Path("router.yaml") if Path("router.yaml").exists() else bundled_path("default_router.yaml")
+    content = read_yaml(path, "config")
+    # A proxy config fails validation on every key it has: one pointer to the right option says more.
+    if isinstance(content, dict) and "model_list" in content:
+        raise ValueError(f"{path}: not a router config (it has a model_list); this looks like a LiteLLM proxy "
+                         "config: use --proxy-config")
     return RouterConfig.from_yaml(path)
 
 

@@ -187,3 +187,35 @@ def test_an_imported_history_serves_the_first_route_without_a_pass_over_it(
     monkeypatch.setattr(ChromaHistory, "_relabel", no_pass)
     routed = runner.invoke(app, ["route", "question 7 about topic 1", "--json", "--config", str(config)])
     assert routed.exit_code == 0, routed.output
+
+
+def test_version_prints_the_installed_package_version() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"llm-router {version('llm-router-plugin')}\n"
+
+
+def test_unknown_config_field_is_one_line_naming_file_and_field(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    typo = tmp_path / "router.yaml"
+    typo.write_text("deployments:\n  - {name: a}\nwarmup_querys: 10\n", encoding="utf-8")
+    code, err = run_main(monkeypatch, capsys, "status", "--config", str(typo))
+    assert code == 2
+    assert err == (f"error: {typo}: invalid router config: warmup_querys: unknown field (did you mean "
+                   "'warmup_queries'?)\n")
+
+
+def test_a_litellm_proxy_config_given_as_router_config_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    proxy = tmp_path / "config.yaml"
+    proxy.write_text("model_list:\n  - model_name: chat\n    litellm_params: {model: openai/gpt-4o}\n"
+                     "router_settings:\n  routing_strategy: simple-shuffle\n", encoding="utf-8")
+    code, err = run_main(monkeypatch, capsys, "status", "--config", str(proxy))
+    assert code == 2
+    assert err.startswith(f"error: {proxy}: ") and err.count("\n") == 1
+    assert "this looks like a LiteLLM proxy config: use --proxy-config" in err
+    assert "Extra inputs" not in err
