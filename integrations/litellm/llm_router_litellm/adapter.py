@@ -51,9 +51,9 @@ from typing import Any
 from urllib.parse import quote
 
 import litellm
-import yaml
 from litellm.exceptions import RateLimitErrorCategory, RateLimitType
 
+from llm_router_plugin._files import read_yaml
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.embedding import Embedder
 from llm_router_plugin.embedding_batch import configured_embedder
@@ -330,9 +330,11 @@ class LiteLLMAdapter:
             The adapter.
 
         Raises:
-            ValueError: the file is not a LiteLLM config or a setting is invalid.
+            FileNotFoundError: there is no such file (the message names it).
+            ValueError: the file is not valid YAML (the message names the file and line), not a LiteLLM config, or
+                a setting is invalid.
         """
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        config = read_yaml(Path(path), "LiteLLM proxy config")
         if not isinstance(config, dict) or not isinstance(config.get("model_list"), list):
             raise ValueError(f"path: {path} is not a LiteLLM proxy config (no model_list)")
         listed = list(config["model_list"])
