@@ -127,14 +127,13 @@ def route(
     as_json: JsonOption = False,
     prompt_tokens: Annotated[int | None, typer.Option(help="Exact prompt tokens, if known.")] = None,
 ) -> None:
-    """Route one query and explain the decision (the reservation is released again: nothing is spent)."""
+    """Route one query and explain the decision: a dry run, so nothing is reserved, spent, logged or counted."""
     router = Router(load_config(config))
     try:
-        decision = router.route(text, prompt_tokens=prompt_tokens)
+        decision = router.route(text, prompt_tokens=prompt_tokens, dry_run=True)
     except (RouterError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    router.record(decision.id, 0, 0, error="dry run from the command line")
     typer.echo(decision.model_dump_json(indent=2) if as_json else format_decision(decision))
 
 

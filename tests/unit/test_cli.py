@@ -4,10 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from llm_router_plugin import RouterStatus
 from llm_router_plugin.cli import app, format_status, main
+from llm_router_plugin.dataset import bundled_path
 from llm_router_plugin.history import ChromaHistory
 from llm_router_plugin.testing import LOOPBACK, free_port
 
@@ -148,7 +150,7 @@ def test_route_rejects_negative_prompt_tokens_without_writing(tmp_path: Path) ->
     ok = runner.invoke(app, ["route", "hello there", "--config", str(path)])
     assert ok.exit_code == 0, ok.output
     status = runner.invoke(app, ["status", "--json", "--config", str(path)])
-    assert json.loads(status.output)["decisions"] == 1
+    assert json.loads(status.output)["decisions"] == 0  # neither the refused routes nor the dry run count
 
 
 def test_import_into_a_chroma_server_that_is_not_up_is_one_line_naming_it(
@@ -219,3 +221,34 @@ def test_a_litellm_proxy_config_given_as_router_config_says_so(
     assert err.startswith(f"error: {proxy}: ") and err.count("\n") == 1
     assert "this looks like a LiteLLM proxy config: use --proxy-config" in err
     assert "Extra inputs" not in err
+
+
+def shipped_config(tmp_path: Path, folder: str) -> Path:
+    """The shipped default config (11 deployments, daily USD budgets) on a fresh data folder, hashing embeddings."""
+    config = yaml.safe_load(bundled_path("default_router.yaml").read_text(encoding="utf-8"))
+    config.update(data_dir=str(tmp_path / folder), embedding_model="hashing-256")
+    path = tmp_path / f"{folder}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def dry_run(config: Path) -> dict[str, object]:
+    result = runner.invoke(app, ["route", "Write a python function that reverses a list.", "--json", "-c",
+                                 str(config)])
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def test_dry_runs_leave_no_trace_and_do_not_change_the_next_decision(tmp_path: Path) -> None:
+    used = shipped_config(tmp_path, "used")
+    for _ in range(3):
+        last = dry_run(used)
+    fresh = dry_run(shipped_config(tmp_path, "fresh"))
+    assert (last["deployment"], last["phase"], last["reason"]) == (fresh["deployment"], fresh["phase"],
+                                                                  fresh["reason"])
+    # Scores pace budgets by the time left in the day's window: the two routers ran a moment apart.
+    assert [(c["deployment"], c["affordable"], pytest.approx(c["score"], rel=1e-3)) for c in last["candidates"]] == [
+        (c["deployment"], c["affordable"], c["score"]) for c in fresh["candidates"]]
+    snapshot = json.loads(runner.invoke(app, ["status", "--json", "-c", str(used)]).stdout)
+    assert snapshot["decisions"] == 0
+    assert all(not any(d["spent"].values()) and not any(d["reserved"].values()) for d in snapshot["deployments"])
