@@ -122,12 +122,14 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def route(
-    text: Annotated[str, typer.Argument(help="The query to route.")],
+    text: Annotated[str, typer.Argument(help="The query to route; - reads it from standard input.")],
     config: ConfigOption = None,
     as_json: JsonOption = False,
     prompt_tokens: Annotated[int | None, typer.Option(help="Exact prompt tokens, if known.")] = None,
 ) -> None:
     """Route one query and explain the decision: a dry run, so nothing is reserved, spent, logged or counted."""
+    if text == "-":
+        text = read_stdin_query()
     router = Router(load_config(config))
     try:
         decision = router.route(text, prompt_tokens=prompt_tokens, dry_run=True)
@@ -135,6 +137,19 @@ def route(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(decision.model_dump_json(indent=2) if as_json else format_decision(decision))
+
+
+def read_stdin_query() -> str:
+    """The query text piped to ``llm-router route -`` (long prompts do not fit an argument).
+
+    Raises:
+        typer.Exit: code 2, after saying so, when standard input holds nothing but whitespace.
+    """
+    text = sys.stdin.read()
+    if not text.strip():
+        typer.echo("error: standard input holds no query text (route - reads the query from it)", err=True)
+        raise typer.Exit(2)
+    return text
 
 
 @app.command()

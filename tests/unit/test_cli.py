@@ -252,3 +252,18 @@ def test_dry_runs_leave_no_trace_and_do_not_change_the_next_decision(tmp_path: P
     snapshot = json.loads(runner.invoke(app, ["status", "--json", "-c", str(used)]).stdout)
     assert snapshot["decisions"] == 0
     assert all(not any(d["spent"].values()) and not any(d["reserved"].values()) for d in snapshot["deployments"])
+
+
+def test_route_reads_the_query_from_standard_input(config: Path, history: Path) -> None:
+    runner.invoke(app, ["import", str(history), "--config", str(config)])  # b's USD budget is priced from it
+    long_text = "Summarise the following contract clause by clause.\n" + "The party of the first part agrees. " * 400
+    piped = runner.invoke(app, ["route", "-", "--json", "-c", str(config)], input=long_text)
+    assert piped.exit_code == 0, piped.output
+    assert json.loads(piped.stdout)["prompt_tokens"] > 1000  # the whole text, not the one-character argument "-"
+
+
+@pytest.mark.parametrize("piped", ["", " \n\t\n"])
+def test_route_from_empty_standard_input_is_a_clear_error(config: Path, piped: str) -> None:
+    result = runner.invoke(app, ["route", "-", "-c", str(config)], input=piped)
+    assert result.exit_code == 2
+    assert "error: standard input holds no query text" in result.output
