@@ -370,13 +370,13 @@ def replay_server(
 
 
 def format_decision(decision: Decision) -> str:
-    """A decision as a small table."""
+    """A decision as a small table, and what its scores are."""
     lines = [f"→ {decision.deployment}  [{decision.phase}]  {decision.reason}", "",
              f"{'deployment':<36} {'quality':>8} {'tokens':>8} {'usd':>10} {'score':>10}  affordable"]
     for c in decision.candidates:
         lines.append(f"{c.deployment:<36} {c.quality:>8.3f} {c.tokens:>8.0f} {c.usd:>10.6f} {c.score:>10.4g}  "
                      f"{'yes' if c.affordable else 'no'}")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", f"score: {decision.score_formula}"])
 
 
 def format_status(snapshot: RouterStatus) -> str:

@@ -70,8 +70,10 @@ class Candidate(BaseModel):
         tokens: estimated tokens (prompt + completion).
         usd: estimated cost in USD.
         weights: unit → dual weight λ of this deployment's budgets (empty before the first solve).
-        score: the selection score of the phase (higher wins).
-        affordable: whether its remaining budget covers the estimate (with the reserve margin).
+        score: the selection score of the phase (higher wins; the decision's ``score_formula`` says how it is made).
+        affordable: whether it was among the deployments the choice was made from: its remaining budget covers the
+            estimate with the reserve margin and, in the warm-up, the estimate is within its pace when any
+            deployment's is; once learned (max-quality mode), its score is also ≥ 0.
         remaining: unit → remaining budget before this query (limited units only).
     """
 
@@ -101,6 +103,7 @@ class Decision(BaseModel):
         candidates: every candidate deployment, best score first.
         created_at: epoch seconds.
         dry_run: made by ``route(..., dry_run=True)``: nothing was reserved or logged, and ``id`` cannot be recorded.
+        score_formula: how the candidates' ``score`` was computed, in words, with its unit.
     """
 
     id: str
@@ -113,6 +116,7 @@ class Decision(BaseModel):
     candidates: list[Candidate]
     created_at: float
     dry_run: bool = False
+    score_formula: str = ""
 
 
 class DeploymentStatus(BaseModel):
@@ -572,6 +576,21 @@ class Router:
             cost = np.array([[u[self.config.cost_unit] for u in usage]])
         return scores(quality[None, :], g, self._owner, solution, cost)[0]
 
+    def _score_formula(self) -> str:
+        """What :meth:`_scores` computes in the current phase, in words, for a decision's ``score_formula``."""
+        if not self._learned:
+            return ("warm-up (budget-paced greedy): quality ÷ max over the deployment's budgets of (estimated usage ÷ "
+                    "pace), pace = remaining budget ÷ queries still expected in its window; a ratio, unitless; "
+                    "a deployment without budgets scores quality × 1e12")
+        if self.config.mode == "quality_target" and self._solution().feasible:
+            unit = self.config.cost_unit
+            return (f"learned duals, quality target: μ·quality − cost − Σ over the deployment's budgets of λ × "
+                    f"estimated usage, μ = {self.duals.mu:.4g}, cost in {unit} (λ: the candidate's weights, per token "
+                    f"or per USD); in {unit}, the negated cost of the query")
+        return ("learned duals: quality − Σ over the deployment's budgets of λ × estimated usage (λ: the candidate's "
+                "weights, quality per token or per USD); in quality units; below 0 the budget is worth more to the "
+                "queries still expected")
+
     # ----------------------------------------------------------------------------------------------- budgets
 
     def _window(self, deployment: DeploymentConfig, now: float) -> int:
@@ -772,6 +791,7 @@ class Router:
         ]
         candidates.sort(key=lambda c: c.score, reverse=True)
         chosen_dep = self._deployments[chosen]
+        formula = self._score_formula()  # before this decision's log entry can complete the warm-up
         if not request.dry_run:
             count = self._log_decision(
                 decision_id, chosen_dep.name, chosen_dep.model, phase, embedding,
@@ -790,7 +810,7 @@ class Router:
         return Decision(
             id=decision_id, deployment=chosen_dep.name, model=chosen_dep.model, phase=phase, reason=reason,
             prompt_tokens=request.prompt_tokens, reserved=self._held(usage[chosen]),
-            candidates=candidates, created_at=now, dry_run=request.dry_run,
+            candidates=candidates, created_at=now, dry_run=request.dry_run, score_formula=formula,
         )
 
     def _log_decision(self, decision_id: str, deployment: str, profile: str, phase: str, embedding: np.ndarray,

@@ -48,6 +48,9 @@ def test_import_status_route(config: Path, history: Path, tmp_path: Path) -> Non
     decision = json.loads(routed.output)
     assert {c["deployment"] for c in decision["candidates"]} == {"a", "b"}
     assert all(0 <= c["quality"] <= 1 for c in decision["candidates"])
+    assert decision["score_formula"].startswith("warm-up")
+    table = runner.invoke(app, ["route", "question 7 about topic 1", "--config", str(config)])
+    assert "\nscore: warm-up (budget-paced greedy): quality ÷ " in table.stdout
 
     status = runner.invoke(app, ["status", "--json", "--config", str(config)])
     snapshot = json.loads(status.output)

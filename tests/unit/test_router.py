@@ -343,3 +343,16 @@ def test_a_refused_dry_run_is_not_counted(make_router: RouterFactory) -> None:
     with pytest.raises(BudgetExhaustedError):
         router.route(topic_prompt("math", 1), dry_run=True)
     assert router.status().decisions == 0
+
+
+def test_the_score_formula_of_a_decision_reproduces_its_scores(make_router: RouterFactory) -> None:
+    router = make_router(expected_queries=1000)
+    warm = router.route(topic_prompt("code", 1), dry_run=True)
+    assert warm.score_formula.startswith("warm-up") and "pace" in warm.score_formula
+    serve(router, "math", 11)
+    learned = router.route(topic_prompt("code", 2), dry_run=True)
+    assert learned.phase == "learned" and "λ" in learned.score_formula
+    assert any(c.weights.get("tokens") for c in learned.candidates)
+    for c in learned.candidates:  # quality − Σ_u λ_u · estimated usage_u, as the formula says
+        usage = {"tokens": c.tokens, "usd": c.usd}
+        assert c.score == pytest.approx(c.quality - sum(w * usage[u] for u, w in c.weights.items()))
