@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from llm_router_plugin._files import read_yaml
 from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.dataset import bundled_path, import_history, read_data
 from llm_router_plugin.embedding import Backend, Keep, make_embedder
@@ -37,6 +39,22 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def show_version(asked: bool) -> None:
+    """Print the installed package's version and stop (the ``--version`` option)."""
+    if asked:
+        typer.echo(f"llm-router {package_version('llm-router-plugin')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Budget-aware per-query LLM routing."""
+
+
 def load_config(path: Path | None) -> RouterConfig:
     """Resolve and load the router config (see the module docstring for the lookup order).
 
@@ -49,12 +67,18 @@ def load_config(path: Path | None) -> RouterConfig:
     Raises:
         FileNotFoundError: ``--config`` or ``$LLM_ROUTER_CONFIG`` names no file (a typo must not silently route with
             the shipped default config).
-        ValueError: the file is not a valid config (the message names the file and the line or field).
+        ValueError: the file is not a valid config (the message names the file and the line or field), or is a
+            LiteLLM proxy config (the message points to ``--proxy-config``).
     """
     if path is None and os.environ.get("LLM_ROUTER_CONFIG"):
         path = Path(os.environ["LLM_ROUTER_CONFIG"])
     if path is None:
         path = Path("router.yaml") if Path("router.yaml").exists() else bundled_path("default_router.yaml")
+    content = read_yaml(path, "config")
+    # A proxy config fails validation on every key it has: one pointer to the right option says more.
+    if isinstance(content, dict) and "model_list" in content:
+        raise ValueError(f"{path}: not a router config (it has a model_list); this looks like a LiteLLM proxy "
+                         "config: use --proxy-config")
     return RouterConfig.from_yaml(path)
 
 
@@ -123,20 +147,34 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def route(
-    text: Annotated[str, typer.Argument(help="The query to route.")],
+    text: Annotated[str, typer.Argument(help="The query to route; - reads it from standard input.")],
     config: ConfigOption = None,
     as_json: JsonOption = False,
     prompt_tokens: Annotated[int | None, typer.Option(help="Exact prompt tokens, if known.")] = None,
 ) -> None:
-    """Route one query and explain the decision (the reservation is released again: nothing is spent)."""
+    """Route one query and explain the decision: a dry run, so nothing is reserved, spent, logged or counted."""
+    if text == "-":
+        text = read_stdin_query()
     router = Router(load_config(config))
     try:
-        decision = router.route(text, prompt_tokens=prompt_tokens)
+        decision = router.route(text, prompt_tokens=prompt_tokens, dry_run=True)
     except (RouterError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    router.record(decision.id, 0, 0, error="dry run from the command line")
     typer.echo(decision.model_dump_json(indent=2) if as_json else format_decision(decision))
+
+
+def read_stdin_query() -> str:
+    """The query text piped to ``llm-router route -`` (long prompts do not fit an argument).
+
+    Raises:
+        typer.Exit: code 2, after saying so, when standard input holds nothing but whitespace.
+    """
+    text = sys.stdin.read()
+    if not text.strip():
+        typer.echo("error: standard input holds no query text (route - reads the query from it)", err=True)
+        raise typer.Exit(2)
+    return text
 
 
 @app.command()
@@ -357,13 +395,13 @@ def replay_server(
 
 
 def format_decision(decision: Decision) -> str:
-    """A decision as a small table."""
+    """A decision as a small table, and what its scores are."""
     lines = [f"→ {decision.deployment}  [{decision.phase}]  {decision.reason}", "",
              f"{'deployment':<36} {'quality':>8} {'tokens':>8} {'usd':>10} {'score':>10}  affordable"]
     for c in decision.candidates:
         lines.append(f"{c.deployment:<36} {c.quality:>8.3f} {c.tokens:>8.0f} {c.usd:>10.6f} {c.score:>10.4g}  "
                      f"{'yes' if c.affordable else 'no'}")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", f"score: {decision.score_formula}"])
 
 
 def format_status(snapshot: RouterStatus) -> str:

@@ -6,11 +6,12 @@ under in history), so several deployments of one model share what history knows 
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -387,9 +388,7 @@ class RouterConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-            )
+            problems = "; ".join(_problem(cls, err["loc"], err["type"], err["msg"]) for err in exc.errors())
             raise ValueError(f"invalid router config: {problems}") from None
 
     def deployment(self, name: str) -> DeploymentConfig:
@@ -408,3 +407,27 @@ class RouterConfig(BaseModel):
     def profiles(self) -> list[str]:
         """The distinct model profiles of the deployments, in config order."""
         return list(dict.fromkeys(d.model for d in self.deployments))
+
+
+def _problem(model: type[BaseModel], loc: tuple[int | str, ...], kind: str, message: str) -> str:
+    """One validation error as ``field: message``; an unknown field (a typo, mostly) with the nearest known name."""
+    where = ".".join(str(part) for part in loc) or "config"
+    if kind != "extra_forbidden":
+        return f"{where}: {message}"
+    known = _fields_at(model, loc[:-1])
+    near = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f"{where}: unknown field" + (f" (did you mean {near[0]!r}?)" if near else "")
+
+
+def _fields_at(model: type[BaseModel], path: tuple[int | str, ...]) -> list[str]:
+    """The field names of the (nested) model at ``path`` of a validation error's location; list indices skipped."""
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        nested = [a for a in (*get_args(annotation), annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)

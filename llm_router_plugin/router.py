@@ -71,8 +71,10 @@ class Candidate(BaseModel):
         tokens: estimated tokens (prompt + completion).
         usd: estimated cost in USD.
         weights: unit → dual weight λ of this deployment's budgets (empty before the first solve).
-        score: the selection score of the phase (higher wins).
-        affordable: whether its remaining budget covers the estimate (with the reserve margin).
+        score: the selection score of the phase (higher wins; the decision's ``score_formula`` says how it is made).
+        affordable: whether it was among the deployments the choice was made from: its remaining budget covers the
+            estimate with the reserve margin and, in the warm-up, the estimate is within its pace when any
+            deployment's is; once learned (max-quality mode), its score is also ≥ 0.
         remaining: unit → remaining budget before this query (limited units only).
     """
 
@@ -98,9 +100,11 @@ class Decision(BaseModel):
             sent to a deployment whose model history has no quality for) or ``"fallback"``.
         reason: one human-readable sentence.
         prompt_tokens: prompt tokens counted (or estimated) for the query.
-        reserved: unit → amount reserved on the chosen deployment.
+        reserved: unit → amount reserved on the chosen deployment (a dry run: what a real route would reserve).
         candidates: every candidate deployment, best score first.
         created_at: epoch seconds.
+        dry_run: made by ``route(..., dry_run=True)``: nothing was reserved or logged, and ``id`` cannot be recorded.
+        score_formula: how the candidates' ``score`` was computed, in words, with its unit.
     """
 
     id: str
@@ -112,6 +116,8 @@ class Decision(BaseModel):
     reserved: dict[str, float]
     candidates: list[Candidate]
     created_at: float
+    dry_run: bool = False
+    score_formula: str = ""
 
 
 class DeploymentStatus(BaseModel):
@@ -197,6 +203,8 @@ class _Request:
     max_tokens: int | None
     choices: int
     allowed: list[int]
+    #: Decide only: reserve, log and count nothing (see ``Router.route``).
+    dry_run: bool = False
     #: The history store could not be read: estimates come from cached means (or the priors).
     degraded: bool = False
 
@@ -304,13 +312,19 @@ class Router:
 
     def route(
         self, query: Query, *, prompt_tokens: int | None = None, max_tokens: int | None = None, n: int = 1,
-        deployments: Sequence[str] | None = None,
+        deployments: Sequence[str] | None = None, dry_run: bool = False,
     ) -> Decision:
         """Choose a deployment for a query and reserve its estimated usage.
 
         A chat query without text (an image, a file, an empty turn) is routed on each model's mean over history,
         and its reason says so; pass ``prompt_tokens`` for it (else each non-text part counts as
         :data:`NON_TEXT_PART_TOKENS`).
+
+        A dry run (``dry_run=True``, what ``llm-router route`` does) makes the decision the next query would get
+        and writes nothing: no reservation, no decision log entry, no count toward the decision count that paces
+        budgets and schedules re-solves, no arrival time; queued outcomes are left for the next real route, and a
+        re-solve that is due too (the dry run decides with the weights in force). Any number of dry runs leaves the
+        following decisions as they would have been. Its ``id`` is not known to :meth:`record` or :meth:`feedback`.
 
         Args:
             query: prompt text or OpenAI-style chat messages.
@@ -319,9 +333,10 @@ class Router:
             max_tokens: the request's completion limit: caps the completion part of the estimate and the hold.
             n: completions the request asks for (OpenAI's ``n``): the completion part is estimated and held n times.
             deployments: restrict the choice to these deployments (e.g. the healthy ones); ``None`` = all.
+            dry_run: decide only, reserving, logging and counting nothing (see above).
 
         Returns:
-            The decision; pass ``decision.id`` to :meth:`record` when the call ends.
+            The decision; pass ``decision.id`` to :meth:`record` when the call ends (not for a dry run).
 
         Raises:
             EmptyQueryError: the query is an empty string or an empty message list.
@@ -332,22 +347,22 @@ class Router:
             LedgerUnavailableError: the budget ledger (a Redis server) cannot be reached: no deployment is served,
                 with a budget or without, since none may be served without a hold (fails closed).
         """
-        request = self._request(query, prompt_tokens, max_tokens, n, deployments)
+        request = self._request(query, prompt_tokens, max_tokens, n, deployments, dry_run)
         with stage("embedding"):
             embedding = self.embedder.embed([request.text])[0] if request.text else None
         return self._decide(request, embedding)
 
     async def aroute(
         self, query: Query, *, prompt_tokens: int | None = None, max_tokens: int | None = None, n: int = 1,
-        deployments: Sequence[str] | None = None,
+        deployments: Sequence[str] | None = None, dry_run: bool = False,
     ) -> Decision:
         """Async :meth:`route`: embedding, store and ledger work run off the event loop."""
-        request = self._request(query, prompt_tokens, max_tokens, n, deployments)
+        request = self._request(query, prompt_tokens, max_tokens, n, deployments, dry_run)
         embedding = (await self.embedder.aembed([request.text]))[0] if request.text else None
         return await asyncio.to_thread(self._decide, request, embedding)
 
-    def _request(self, query: Query, prompt_tokens: Any, max_tokens: Any, n: Any, deployments: Sequence[str] | None
-                 ) -> _Request:
+    def _request(self, query: Query, prompt_tokens: Any, max_tokens: Any, n: Any, deployments: Sequence[str] | None,
+                 dry_run: bool) -> _Request:
         counted = optional_token_count("prompt_tokens", prompt_tokens)
         limit = optional_token_count("max_tokens", max_tokens)
         if limit == 0:
@@ -366,7 +381,7 @@ class Router:
             tokens = estimate_tokens(text)
         else:
             tokens = NON_TEXT_PART_TOKENS * max(1, _non_text_parts(query))
-        return _Request(text, tokens, counted is not None, limit, choices, self._allowed(deployments))
+        return _Request(text, tokens, counted is not None, limit, choices, self._allowed(deployments), dry_run)
 
     def _allowed(self, deployments: Sequence[str] | None) -> list[int]:
         if deployments is None:
@@ -386,7 +401,8 @@ class Router:
     def _choose(self, request: _Request, embedding: np.ndarray | None) -> Decision:
         # First: a store that is back serves this query with the outcomes queued, and a ledger that is back counts
         # the spend reported while it was away.
-        self.outcomes.retry_queued()
+        if not request.dry_run:
+            self.outcomes.retry_queued()
         now = self._clock()
         priced_out = False
         degraded = False
@@ -407,7 +423,8 @@ class Router:
             request = replace(request, degraded=True)
         quality, usage = self._deployment_estimates(estimates, request)
         count = self._count()
-        self._maybe_solve(now, count)
+        if not request.dry_run:
+            self._maybe_solve(now, count)
         remaining = self._remaining(now)
         allowed = request.allowed
         affordable = [i for i in allowed if self._covers(remaining[i], self._needed(usage[i]))]
@@ -417,7 +434,7 @@ class Router:
         explore = self._explore(affordable, count)
         if explore is not None:
             decision_id = uuid.uuid4().hex
-            if self._reserve(decision_id, explore, usage[explore], now, enforce=True):
+            if request.dry_run or self._reserve(decision_id, explore, usage[explore], now, enforce=True):
                 return self._finish(decision_id, explore, "explore", request, embedding, quality, usage, score,
                                     remaining, affordable, now)
             affordable = [i for i in affordable if i != explore]  # taken meanwhile: choose among the others
@@ -437,7 +454,7 @@ class Router:
                 break
             best = pick(score, share, affordable)
             decision_id = uuid.uuid4().hex
-            if self._reserve(decision_id, best, usage[best], now, enforce=True):
+            if request.dry_run or self._reserve(decision_id, best, usage[best], now, enforce=True):
                 return self._finish(decision_id, best, phase, request, embedding, quality, usage, score,
                                     remaining, affordable, now)
             affordable.remove(best)  # another request took the budget between the check and the hold
@@ -495,13 +512,15 @@ class Router:
         fallbacks = [i for i in request.allowed if self._deployments[i].fallback]
         if not fallbacks:
             # A refused query is traffic all the same: logged, it counts toward the volume and the LP's sample.
-            self._log_decision(uuid.uuid4().hex, "", "", "declined", embedding, None,
-                               self._logged_estimates(quality, usage), now)
+            if not request.dry_run:
+                self._log_decision(uuid.uuid4().hex, "", "", "declined", embedding, None,
+                                   self._logged_estimates(quality, usage), now)
             raise BudgetExhaustedError({self._deployments[i].name: remaining[i] for i in request.allowed},
                                        priced_out=priced_out)
         best = max(fallbacks, key=lambda i: quality[i])
         decision_id = uuid.uuid4().hex
-        self._reserve(decision_id, best, usage[best], now, enforce=False)
+        if not request.dry_run:
+            self._reserve(decision_id, best, usage[best], now, enforce=False)
         return self._finish(decision_id, best, "fallback", request, embedding, quality, usage, score, remaining, [],
                             now)
 
@@ -557,6 +576,21 @@ class Router:
         if self.config.mode == "quality_target" and solution.feasible:
             cost = np.array([[u[self.config.cost_unit] for u in usage]])
         return scores(quality[None, :], g, self._owner, solution, cost)[0]
+
+    def _score_formula(self) -> str:
+        """What :meth:`_scores` computes in the current phase, in words, for a decision's ``score_formula``."""
+        if not self._learned:
+            return ("warm-up (budget-paced greedy): quality ÷ max over the deployment's budgets of (estimated usage ÷ "
+                    "pace), pace = remaining budget ÷ queries still expected in its window; a ratio, unitless; "
+                    "a deployment without budgets scores quality × 1e12")
+        if self.config.mode == "quality_target" and self._solution().feasible:
+            unit = self.config.cost_unit
+            return (f"learned duals, quality target: μ·quality − cost − Σ over the deployment's budgets of λ × "
+                    f"estimated usage, μ = {self.duals.mu:.4g}, cost in {unit} (λ: the candidate's weights, per token "
+                    f"or per USD); in {unit}, the negated cost of the query")
+        return ("learned duals: quality − Σ over the deployment's budgets of λ × estimated usage (λ: the candidate's "
+                "weights, quality per token or per USD); in quality units; below 0 the budget is worth more to the "
+                "queries still expected")
 
     # ----------------------------------------------------------------------------------------------- budgets
 
@@ -758,12 +792,14 @@ class Router:
         ]
         candidates.sort(key=lambda c: c.score, reverse=True)
         chosen_dep = self._deployments[chosen]
-        count = self._log_decision(
-            decision_id, chosen_dep.name, chosen_dep.model, phase, embedding,
-            request.text if self.config.store_prompts and request.text else None,
-            self._logged_estimates(quality, usage), now,
-        )
-        self._maybe_solve(now, count)  # this decision may complete the warm-up or a doubling step
+        formula = self._score_formula()  # before this decision's log entry can complete the warm-up
+        if not request.dry_run:
+            count = self._log_decision(
+                decision_id, chosen_dep.name, chosen_dep.model, phase, embedding,
+                request.text if self.config.store_prompts and request.text else None,
+                self._logged_estimates(quality, usage), now,
+            )
+            self._maybe_solve(now, count)  # this decision may complete the warm-up or a doubling step
         reason = self._reason(phase, chosen_dep, quality[chosen], score[chosen], len(affordable))
         if request.degraded:
             reason = f"{DEGRADED_REASON}; {reason}"
@@ -775,7 +811,7 @@ class Router:
         return Decision(
             id=decision_id, deployment=chosen_dep.name, model=chosen_dep.model, phase=phase, reason=reason,
             prompt_tokens=request.prompt_tokens, reserved=self._held(usage[chosen]),
-            candidates=candidates, created_at=now,
+            candidates=candidates, created_at=now, dry_run=request.dry_run, score_formula=formula,
         )
 
     def _log_decision(self, decision_id: str, deployment: str, profile: str, phase: str, embedding: np.ndarray,

@@ -4,10 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from llm_router_plugin import RouterStatus
 from llm_router_plugin.cli import app, format_status, main
+from llm_router_plugin.dataset import bundled_path
 from llm_router_plugin.history import ChromaHistory
 from llm_router_plugin.testing import LOOPBACK, free_port
 
@@ -46,6 +48,9 @@ def test_import_status_route(config: Path, history: Path, tmp_path: Path) -> Non
     decision = json.loads(routed.output)
     assert {c["deployment"] for c in decision["candidates"]} == {"a", "b"}
     assert all(0 <= c["quality"] <= 1 for c in decision["candidates"])
+    assert decision["score_formula"].startswith("warm-up")
+    table = runner.invoke(app, ["route", "question 7 about topic 1", "--config", str(config)])
+    assert "\nscore: warm-up (budget-paced greedy): quality ÷ " in table.stdout
 
     status = runner.invoke(app, ["status", "--json", "--config", str(config)])
     snapshot = json.loads(status.output)
@@ -148,7 +153,7 @@ def test_route_rejects_negative_prompt_tokens_without_writing(tmp_path: Path) ->
     ok = runner.invoke(app, ["route", "hello there", "--config", str(path)])
     assert ok.exit_code == 0, ok.output
     status = runner.invoke(app, ["status", "--json", "--config", str(path)])
-    assert json.loads(status.output)["decisions"] == 1
+    assert json.loads(status.output)["decisions"] == 0  # neither the refused routes nor the dry run count
 
 
 def test_import_into_a_chroma_server_that_is_not_up_is_one_line_naming_it(
@@ -187,3 +192,81 @@ def test_an_imported_history_serves_the_first_route_without_a_pass_over_it(
     monkeypatch.setattr(ChromaHistory, "_relabel", no_pass)
     routed = runner.invoke(app, ["route", "question 7 about topic 1", "--json", "--config", str(config)])
     assert routed.exit_code == 0, routed.output
+
+
+def test_version_prints_the_installed_package_version() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"llm-router {version('llm-router-plugin')}\n"
+
+
+def test_unknown_config_field_is_one_line_naming_file_and_field(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    typo = tmp_path / "router.yaml"
+    typo.write_text("deployments:\n  - {name: a}\nwarmup_querys: 10\n", encoding="utf-8")
+    code, err = run_main(monkeypatch, capsys, "status", "--config", str(typo))
+    assert code == 2
+    assert err == (f"error: {typo}: invalid router config: warmup_querys: unknown field (did you mean "
+                   "'warmup_queries'?)\n")
+
+
+def test_a_litellm_proxy_config_given_as_router_config_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    proxy = tmp_path / "config.yaml"
+    proxy.write_text("model_list:\n  - model_name: chat\n    litellm_params: {model: openai/gpt-4o}\n"
+                     "router_settings:\n  routing_strategy: simple-shuffle\n", encoding="utf-8")
+    code, err = run_main(monkeypatch, capsys, "status", "--config", str(proxy))
+    assert code == 2
+    assert err.startswith(f"error: {proxy}: ") and err.count("\n") == 1
+    assert "this looks like a LiteLLM proxy config: use --proxy-config" in err
+    assert "Extra inputs" not in err
+
+
+def shipped_config(tmp_path: Path, folder: str) -> Path:
+    """The shipped default config (11 deployments, daily USD budgets) on a fresh data folder, hashing embeddings."""
+    config = yaml.safe_load(bundled_path("default_router.yaml").read_text(encoding="utf-8"))
+    config.update(data_dir=str(tmp_path / folder), embedding_model="hashing-256")
+    path = tmp_path / f"{folder}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def dry_run(config: Path) -> dict[str, object]:
+    result = runner.invoke(app, ["route", "Write a python function that reverses a list.", "--json", "-c",
+                                 str(config)])
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def test_dry_runs_leave_no_trace_and_do_not_change_the_next_decision(tmp_path: Path) -> None:
+    used = shipped_config(tmp_path, "used")
+    for _ in range(3):
+        last = dry_run(used)
+    fresh = dry_run(shipped_config(tmp_path, "fresh"))
+    assert (last["deployment"], last["phase"], last["reason"]) == (fresh["deployment"], fresh["phase"],
+                                                                  fresh["reason"])
+    # Scores pace budgets by the time left in the day's window: the two routers ran a moment apart.
+    assert [(c["deployment"], c["affordable"], pytest.approx(c["score"], rel=1e-3)) for c in last["candidates"]] == [
+        (c["deployment"], c["affordable"], c["score"]) for c in fresh["candidates"]]
+    snapshot = json.loads(runner.invoke(app, ["status", "--json", "-c", str(used)]).stdout)
+    assert snapshot["decisions"] == 0
+    assert all(not any(d["spent"].values()) and not any(d["reserved"].values()) for d in snapshot["deployments"])
+
+
+def test_route_reads_the_query_from_standard_input(config: Path, history: Path) -> None:
+    runner.invoke(app, ["import", str(history), "--config", str(config)])  # b's USD budget is priced from it
+    long_text = "Summarise the following contract clause by clause.\n" + "The party of the first part agrees. " * 400
+    piped = runner.invoke(app, ["route", "-", "--json", "-c", str(config)], input=long_text)
+    assert piped.exit_code == 0, piped.output
+    assert json.loads(piped.stdout)["prompt_tokens"] > 1000  # the whole text, not the one-character argument "-"
+
+
+@pytest.mark.parametrize("piped", ["", " \n\t\n"])
+def test_route_from_empty_standard_input_is_a_clear_error(config: Path, piped: str) -> None:
+    result = runner.invoke(app, ["route", "-", "-c", str(config)], input=piped)
+    assert result.exit_code == 2
+    assert "error: standard input holds no query text" in result.output

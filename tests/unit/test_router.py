@@ -319,3 +319,40 @@ def test_feedback_moves_the_next_estimate_of_a_similar_query(make_router: Router
     assert after_bad < before < after_good
     similar = topic_prompt("chat", 4)
     assert estimated_quality(router, similar, decision.deployment) > after_bad
+
+
+def test_dry_runs_reserve_log_and_count_nothing(make_router: RouterFactory, tmp_path: Path) -> None:
+    clock = lambda: 1_000_000.0  # noqa: E731 - pacing reads the clock: both routers see the same time
+    router = make_router(clock=clock)
+    dry = [router.route(topic_prompt(topic, 7), dry_run=True) for topic in ("math", "code", "chat", "math")]
+    assert all(d.dry_run for d in dry)
+    status = router.status()
+    assert status.decisions == 0
+    assert all(d.reserved["tokens"] == 0 and d.spent["tokens"] == 0 for d in status.deployments)
+    with pytest.raises(UnknownDecisionError):
+        router.record(dry[0].id, prompt_tokens=10, completion_tokens=10)
+    # The dry run showed what the next real decision is, and the real one is what a router without them makes.
+    fresh = make_router(data_dir=tmp_path / "fresh", clock=clock)
+    real, untouched = router.route(topic_prompt("math", 7)), fresh.route(topic_prompt("math", 7))
+    same = {"id", "created_at", "dry_run"}
+    assert real.model_dump(exclude=same) == untouched.model_dump(exclude=same) == dry[0].model_dump(exclude=same)
+
+
+def test_a_refused_dry_run_is_not_counted(make_router: RouterFactory) -> None:
+    router = make_router(deployments=[{"name": "big", "model": "big-model", "token_budget": 10}])
+    with pytest.raises(BudgetExhaustedError):
+        router.route(topic_prompt("math", 1), dry_run=True)
+    assert router.status().decisions == 0
+
+
+def test_the_score_formula_of_a_decision_reproduces_its_scores(make_router: RouterFactory) -> None:
+    router = make_router(expected_queries=1000)
+    warm = router.route(topic_prompt("code", 1), dry_run=True)
+    assert warm.score_formula.startswith("warm-up") and "pace" in warm.score_formula
+    serve(router, "math", 11)
+    learned = router.route(topic_prompt("code", 2), dry_run=True)
+    assert learned.phase == "learned" and "λ" in learned.score_formula
+    assert any(c.weights.get("tokens") for c in learned.candidates)
+    for c in learned.candidates:  # quality − Σ_u λ_u · estimated usage_u, as the formula says
+        usage = {"tokens": c.tokens, "usd": c.usd}
+        assert c.score == pytest.approx(c.quality - sum(w * usage[u] for u, w in c.weights.items()))

@@ -51,9 +51,9 @@ from typing import Any
 from urllib.parse import quote
 
 import litellm
-import yaml
 from litellm.exceptions import RateLimitErrorCategory, RateLimitType
 
+from llm_router_plugin._files import read_yaml
 from llm_router_plugin.config import DeploymentConfig, RouterConfig
 from llm_router_plugin.embedding import Embedder
 from llm_router_plugin.embedding_batch import configured_embedder
@@ -208,6 +208,51 @@ def _environ(key: str, value: Any) -> Any:
     return resolved
 
 
+def warn_routing_overrides(groups: Sequence[str], overridden: Sequence[str]) -> str | None:
+    """Log one warning naming what of LiteLLM's own routing the router overrides for the groups it routes.
+
+    Args:
+        groups: the routed model groups.
+        overridden: one clause per overridden setting, ``{it}`` standing for the routed groups.
+
+    Returns:
+        The warning, or ``None`` (nothing logged) when no group is routed or nothing is overridden.
+    """
+    if not groups or not overridden:
+        return None
+    named = ", ".join(repr(group) for group in groups)
+    it = "it" if len(groups) == 1 else "them"
+    message = (f"llm-router routes model group{'s' if len(groups) > 1 else ''} {named}; "
+               + "; ".join(clause.format(it=it) for clause in overridden))
+    _log.warning("%s", message)
+    return message
+
+
+def proxy_routing_overrides(router_settings: Any) -> list[str]:
+    """What of a proxy config's ``router_settings`` the router overrides for its groups (clauses for
+    :func:`warn_routing_overrides`).
+
+    In the proxy the router narrows a routed group's deployments to its choice in LiteLLM's deployment filter hook,
+    so the routing strategy still runs, on that one deployment; routing plugins narrow the deployments after that
+    hook, so a choice they exclude fails the request.
+
+    Args:
+        router_settings: the config's ``router_settings`` (anything else counts as none).
+
+    Returns:
+        The clauses, empty when nothing is overridden.
+    """
+    settings = router_settings if isinstance(router_settings, Mapping) else {}
+    overridden = []
+    if strategy := settings.get("routing_strategy"):
+        overridden.append(f"router_settings.routing_strategy {strategy!r} is not used for {{it}} (it still applies "
+                          "to other groups)")
+    if settings.get("plugins"):
+        overridden.append("router_settings.plugins still narrow {it} after the router's choice, and a choice they "
+                          "exclude fails the request")
+    return overridden
+
+
 def decision_headers(request: Mapping[str, Any]) -> dict[str, str]:
     """The ``x-llm-router-*`` response headers of a routed request (empty for a request the router did not route).
 
@@ -330,9 +375,11 @@ class LiteLLMAdapter:
             The adapter.
 
         Raises:
-            ValueError: the file is not a LiteLLM config or a setting is invalid.
+            FileNotFoundError: there is no such file (the message names it).
+            ValueError: the file is not valid YAML (the message names the file and line), not a LiteLLM config, or
+                a setting is invalid.
         """
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        config = read_yaml(Path(path), "LiteLLM proxy config")
         if not isinstance(config, dict) or not isinstance(config.get("model_list"), list):
             raise ValueError(f"path: {path} is not a LiteLLM proxy config (no model_list)")
         listed = list(config["model_list"])
@@ -402,7 +449,8 @@ class LiteLLMAdapter:
 
         Args:
             model_group: the requested model group.
-            healthy: the deployments LiteLLM's health, cooldown and budget filters left.
+            healthy: the deployments LiteLLM's filters left (in the SDK strategy: health, cooldown and budget
+                limiter; in the proxy: health and cooldown).
             messages: the chat messages; ``None`` (embeddings and other non-chat calls) is not routed.
             request_kwargs: the request's keyword arguments; the decision goes into its metadata.
 

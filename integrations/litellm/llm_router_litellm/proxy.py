@@ -7,11 +7,14 @@
     callback_settings:
       llm_router: {data_dir: /var/lib/llm-router, warmup_queries: 50}
 
-The proxy has no hook for a custom routing strategy; its deployment filter hook runs after LiteLLM's own health,
-cooldown and budget filters, and this callback narrows the healthy deployments of a routed group to the one the
-router picks. The same object strips any ``llm_router`` metadata a client sends (pre-call hook), records outcomes
-from the success and failure events, releases every attempt of a request the proxy gave up on (post-call failure
-hook), and adds ``x-llm-router-*`` headers to the response. The callback must be imported from this installed
+The proxy has no hook for a custom routing strategy; its deployment filter hook runs after LiteLLM's own health
+and cooldown filters, and this callback narrows the healthy deployments of a routed group to the one the router
+picks. LiteLLM's budget limiter (deployment ``max_budget``, ``provider_budget_config``) is a filter hook too,
+registered when the proxy builds its router, after the config's callbacks: it runs after this one, on the router's
+pick alone, and fails the request if that pick is over its LiteLLM budget. The same object strips any
+``llm_router`` metadata a client sends (pre-call hook), records outcomes from the success and failure events,
+releases every attempt of a request the proxy gave up on (post-call failure hook), and adds ``x-llm-router-*``
+headers to the response. The callback must be imported from this installed
 package (a copy of the module beside config.yaml would be a second, separate instance).
 
 It also adds two routes to the proxy, behind its own key check: ``POST /llm-router/feedback`` with
@@ -30,6 +33,7 @@ import functools
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import litellm
@@ -38,8 +42,16 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from llm_router_litellm.adapter import KEY, LiteLLMAdapter, decision_headers, strip_client_metadata
+from llm_router_litellm.adapter import (
+    KEY,
+    LiteLLMAdapter,
+    decision_headers,
+    proxy_routing_overrides,
+    strip_client_metadata,
+    warn_routing_overrides,
+)
 from llm_router_litellm.strategy import OutcomeLogger
+from llm_router_plugin._files import read_yaml
 from llm_router_plugin.errors import LedgerUnavailableError, UnknownDecisionError
 from llm_router_plugin.validation import score
 
@@ -73,13 +85,18 @@ class ProxyCallback(OutcomeLogger):
         Args:
             path: the proxy's config.yaml.
 
+        Also logs one warning naming what of LiteLLM's own routing (``router_settings.routing_strategy``,
+        ``plugins``) the router overrides for the groups it routes.
+
         Raises:
             ValueError: a setting or a routed deployment is invalid (the message names it).
         """
         from litellm.proxy import proxy_server
 
         adapter = LiteLLMAdapter.from_proxy_config(path)
-        adapter.validate()
+        routed = adapter.validate()
+        warn_routing_overrides(routed, proxy_routing_overrides(read_yaml(Path(path), "LiteLLM proxy config")
+                                                               .get("router_settings")))
         listed = adapter.model_list
         # Serve with the validated settings, on the running proxy's model list once it has one.
         self._adapter = LiteLLMAdapter.from_proxy_config(
@@ -131,7 +148,7 @@ class ProxyCallback(OutcomeLogger):
 
         Args:
             model: the model group.
-            healthy_deployments: what LiteLLM's health, cooldown and budget filters left.
+            healthy_deployments: what LiteLLM's health and cooldown filters left.
             messages: the chat messages (``None`` for embeddings and other non-chat calls).
             request_kwargs: the request; the decision goes into its metadata.
             parent_otel_span: LiteLLM's tracing span (unused).

@@ -15,8 +15,31 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.router import CustomRoutingStrategyBase
 
-from llm_router_litellm.adapter import LiteLLMAdapter
+from llm_router_litellm.adapter import LiteLLMAdapter, warn_routing_overrides
 from llm_router_plugin.embedding import Embedder
+
+#: The ``routing_strategy`` of a ``litellm.Router`` that names none.
+DEFAULT_ROUTING_STRATEGY = "simple-shuffle"
+
+
+def _overridden(router: litellm.Router) -> list[str]:
+    """What of a ``litellm.Router``'s own routing installing the strategy overrides for the routed groups (clauses
+    for :func:`~llm_router_litellm.adapter.warn_routing_overrides`).
+
+    The strategy picks a routed group's deployment among the healthy ones itself, without LiteLLM's pre-routing hook
+    (where routing plugins run) or its routing strategy; other groups go to ``litellm.Router``'s own selection, not
+    to a custom strategy set before.
+    """
+    overridden = []
+    if "get_available_deployment" in router.__dict__:  # what set_custom_routing_strategy sets
+        overridden.append("the custom routing strategy set before is replaced for every group (other groups get "
+                          "LiteLLM's own routing_strategy)")
+    if router.routing_strategy not in (None, DEFAULT_ROUTING_STRATEGY):
+        overridden.append(f"routing_strategy {router.routing_strategy!r} is not used for {{it}} (it still applies to "
+                          "other groups)")
+    if router.routing_plugins:
+        overridden.append("routing plugins (Router(plugins=...)) do not run for {it}")
+    return overridden
 
 
 class OutcomeLogger(CustomLogger):
@@ -105,9 +128,13 @@ class RoutingStrategy(CustomRoutingStrategyBase):
 
         Raises:
             ValueError: a setting or a routed deployment is invalid (the message names it).
+
+        Also logs one warning naming what of the LiteLLM router's own routing (its ``routing_strategy``, routing
+        plugins, a custom routing strategy set before) this overrides for the groups it routes.
         """
         adapter = LiteLLMAdapter(lambda: router.model_list, settings, embedder=embedder)
-        adapter.validate()  # a bad deployment block fails here, not on the group's first request
+        routed = adapter.validate()  # a bad deployment block fails here, not on the group's first request
+        warn_routing_overrides(routed, _overridden(router))
         strategy = cls(router, adapter)
         router.set_custom_routing_strategy(strategy)
         litellm.logging_callback_manager.add_litellm_callback(strategy.logger)

@@ -102,6 +102,19 @@ def test_from_proxy_config_refuses_a_file_without_model_list(tmp_path: Path) -> 
         LiteLLMAdapter.from_proxy_config(path)
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "no such LiteLLM proxy config file: {path}"),
+    ("model_list:\n  - model_name: chat\n   litellm_params: {}\n", "{path}, line 3: invalid YAML ("),
+])
+def test_from_proxy_config_errors_name_the_file(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "config.yaml"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises((ValueError, FileNotFoundError)) as raised:
+        LiteLLMAdapter.from_proxy_config(path)
+    assert str(raised.value).startswith(message.format(path=path))
+
+
 def test_decision_headers_are_empty_without_a_decision() -> None:
     assert decision_headers({"metadata": {"user": "u1"}}) == {}
     assert decision_headers({}) == {}
