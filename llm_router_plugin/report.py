@@ -320,16 +320,34 @@ def _time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
 
 
-# ------------------------------------------------------------------------------------------- plot
+# ------------------------------------------------------------------------------------------- files
 
-def write_plot(reports: Mapping[str, RouterReport], path: str | Path) -> None:
-    """Plot every report as four panels: spend against budget over time, decisions by phase, estimated against
-    actual cost, feedback; one row of panel pairs after another per router.
+Reports = RouterReport | Mapping[str, RouterReport]
+
+
+def write_json(reports: Reports, path: str | Path) -> None:
+    """Write every number of a report, or of each model group's (``{group: report}``), as JSON (folders created).
 
     Args:
-        reports: a title (the model group) → its report.
-        path: the PNG file (folders created).
+        reports: one router's report, or a model group → its router's report.
+        path: the JSON file.
     """
+    from llm_router_plugin.bench.scale import write_json as write_mapping
+
+    write_mapping(reports.model_dump(mode="json") if isinstance(reports, RouterReport)
+                  else {group: r.model_dump(mode="json") for group, r in reports.items()}, Path(path))
+
+
+def write_plot(reports: Reports, path: str | Path) -> None:
+    """Plot a report as four panels: spend against budget over time, decisions by phase, estimated against actual
+    cost, feedback; the panels of each model group's report below the previous group's.
+
+    Args:
+        reports: one router's report, or a model group → its router's report (the panels' titles name the group).
+        path: the image file (folders created; its suffix picks the format).
+    """
+    if isinstance(reports, RouterReport):
+        reports = {"router": reports}
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never needs a display
