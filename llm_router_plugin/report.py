@@ -35,6 +35,9 @@ from llm_router_plugin.decisions import LoggedDecision
 if TYPE_CHECKING:
     from llm_router_plugin.router import Router
 
+#: The phases of a decision, in the order a router goes through them (the plot's colours follow it).
+PHASES = ("warmup", "learned", "explore", "fallback")
+
 
 class SpendPoint(BaseModel):
     """A deployment's spend after one charged call.
@@ -42,12 +45,14 @@ class SpendPoint(BaseModel):
     Attributes:
         at: epoch seconds of the decision (its budget window is the one it was decided in, as in the ledger).
         window: that budget window (0 for ``"total"``).
+        window_start: epoch seconds at which that window started (for ``"total"``: when the ledger was created).
         tokens: tokens spent in the window so far, this call included.
         usd: USD spent in the window so far, this call included.
     """
 
     at: float
     window: int
+    window_start: float
     tokens: float
     usd: float
 
@@ -238,6 +243,7 @@ def _spend(router: Router, calls: Sequence[Call], window_s: float | None) -> lis
         window = window_index(router.ledger.anchor, window_s, call.created_at)
         before = points[-1] if points and points[-1].window == window else None
         points.append(SpendPoint(at=call.created_at, window=window,
+                                 window_start=router.ledger.anchor + window * (window_s or 0.0),
                                  tokens=(before.tokens if before else 0.0) + call.actual["tokens"],
                                  usd=(before.usd if before else 0.0) + call.actual["usd"]))
     return points
@@ -374,26 +380,54 @@ def _spend_unit(report: RouterReport) -> str:
 
 
 def _plot_spend(ax: Any, report: RouterReport, colours: Mapping[str, Any], title: str) -> None:
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
     unit = _spend_unit(report)
+    values = []
     for d in report.deployments:
-        if d.spend:
-            ax.step([datetime.fromtimestamp(p.at) for p in d.spend], [getattr(p, unit) for p in d.spend],
-                    where="post", color=colours[d.name], label=d.name)
+        times, spent = [], []
+        for i, point in enumerate(d.spend):
+            if i == 0 or point.window != d.spend[i - 1].window:  # the window starts from nothing
+                times.append(datetime.fromtimestamp(max(point.window_start, d.spend[i - 1].at if i else -math.inf)))
+                spent.append(0.0)
+            times.append(datetime.fromtimestamp(point.at))
+            spent.append(getattr(point, unit))
+        if times:
+            ax.step(times, spent, where="post", color=colours[d.name], label=d.name)
         if unit in d.limits:
             ax.axhline(d.limits[unit], color=colours[d.name], linestyle="--", linewidth=1)
+        values += [v for v in spent if v > 0] + ([d.limits[unit]] if unit in d.limits else [])
+    if values and max(values) > 20 * min(values):
+        ax.set_yscale("symlog", linthresh=min(values))  # budgets far apart: the small ones would lie flat at 0
+        ax.set_ylim(0, 2 * max(values))  # the highest budget line clear of the frame
+    else:
+        ax.set_ylim(bottom=0)
+    if values:  # below the panel: the lines fill it, and the other panels name the deployments too
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3)
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     ax.set_title(f"{title}: spend per budget window (dashed: budget)")
     ax.set_ylabel("USD" if unit == "usd" else "tokens")
-    ax.tick_params(axis="x", labelrotation=30)
 
 
 def _plot_decisions(ax: Any, report: RouterReport, title: str) -> None:
     names = [d.name for d in report.deployments]
     left = [0] * len(names)
-    for phase in dict.fromkeys(p for d in report.deployments for p in d.phases):
+    # One colour per phase in every report, in the order a router goes through them.
+    for i, phase in enumerate(dict.fromkeys([*PHASES, *(p for d in report.deployments for p in d.phases)])):
         counts = [d.phases.get(phase, 0) for d in report.deployments]
-        ax.barh(names, counts, left=left, label=phase)
-        left = [a + b for a, b in zip(left, counts, strict=True)]
+        if any(counts):
+            ax.barh(names, counts, left=left, label=phase, color=f"C{i}")
+            left = [a + b for a, b in zip(left, counts, strict=True)]
+    for d, total in zip(report.deployments, left, strict=True):
+        unserved = ", ".join(f"{d.statuses[s]} {s}" for s in ("failed", "open") if d.statuses.get(s))
+        if unserved:  # not spent: the other panels leave them out
+            ax.annotate(f" {unserved}", (total, d.name), va="center", fontsize=8)
+    ax.set_xlim(0, 1.3 * max(left, default=0) or 1)  # room for the counts written after the bars
     ax.invert_yaxis()  # the configured order, top down
+    if any(left):
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=len(PHASES))
     ax.set_title(f"{title}: decisions per deployment, by phase")
     ax.set_xlabel("decisions")
 
@@ -401,8 +435,10 @@ def _plot_decisions(ax: Any, report: RouterReport, title: str) -> None:
 def _plot_estimates(ax: Any, report: RouterReport, colours: Mapping[str, Any], title: str) -> None:
     pairs = [(c.deployment, c.estimated["usd"], c.actual["usd"]) for c in report.calls
              if c.actual is not None and c.actual["usd"] > 0 and c.estimated.get("usd", 0) > 0]
-    for name in dict.fromkeys(p[0] for p in pairs):
+    for name in colours:
         mine = [p for p in pairs if p[0] == name]
+        if not mine:
+            continue
         ax.scatter([p[2] for p in mine], [p[1] for p in mine], s=12, alpha=0.6, color=colours.get(name), label=name)
     if pairs:
         low = min(min(p[1], p[2]) for p in pairs)

@@ -82,6 +82,7 @@ def test_spend_counts_recorded_calls_per_budget_window_and_not_failed_or_open_on
         (10, 0, 300, pytest.approx(0.01)), (20, 0, 500, pytest.approx(0.014)),
         (HOUR + 100, 1, 100, pytest.approx(0.02)),
     ]
+    assert [p.window_start - anchor for p in big.spend] == [0, 0, HOUR]
     assert big.ledger_spent["usd"] == pytest.approx(0.02)  # the ledger agrees on the current window
     assert small.spent == {"tokens": 0, "usd": 0} and small.spend == []
     assert (small.statuses, big.statuses) == ({"failed": 1, "open": 1}, {"recorded": 3})
