@@ -402,7 +402,7 @@ def _plot_spend(ax: Any, report: RouterReport, colours: Mapping[str, Any], title
         ax.set_ylim(0, 2 * max(values))  # the highest budget line clear of the frame
     else:
         ax.set_ylim(bottom=0)
-    if values:  # below the panel: the lines fill it, and the other panels name the deployments too
+    if ax.get_legend_handles_labels()[0]:  # below the panel: the lines fill it
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3)
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
