@@ -402,11 +402,14 @@ def _plot_spend(ax: Any, report: RouterReport, colours: Mapping[str, Any], title
         ax.set_ylim(0, 2 * max(values))  # the highest budget line clear of the frame
     else:
         ax.set_ylim(bottom=0)
-    if ax.get_legend_handles_labels()[0]:  # below the panel: the lines fill it
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3)
-    locator = AutoDateLocator()
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3)  # below: lines fill the panel
+        locator = AutoDateLocator()
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    else:  # no time axis to show (it would be dates of 1970)
+        ax.set_xticks([])
+        ax.text(0.5, 0.5, "no charged call yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(f"{title}: spend per budget window (dashed: budget)")
     ax.set_ylabel("USD" if unit == "usd" else "tokens")
 
@@ -458,6 +461,7 @@ def _plot_feedback(ax: Any, report: RouterReport, colours: Mapping[str, Any], ti
     for d in scored:
         ax.annotate(f" n={d.feedback}", (d.mean_quality or 0.0, d.name), va="center", fontsize=8)
     if not scored:
+        ax.set_yticks([])
         ax.text(0.5, 0.5, "no quality feedback yet", ha="center", va="center", transform=ax.transAxes)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.1)
