@@ -7,12 +7,14 @@ The config comes from ``--config``, else ``$LLM_ROUTER_CONFIG``, else ``./router
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -37,6 +39,10 @@ ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="Router config YAML (default: $LLM_ROUTER_CONFIG, ./router.yaml)")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ProxyConfigOption = Annotated[
+    Path | None, typer.Option("--proxy-config", help="A LiteLLM proxy's config.yaml: every routed model group's "
+                                                    "router (instead of --config).")
+]
 
 
 def show_version(asked: bool) -> None:
@@ -139,10 +145,82 @@ def vectors_command(
 
 
 @app.command()
-def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Show budgets, spend, reservations, dual weights, phase and history size."""
-    snapshot = Router(load_config(config)).status()
-    typer.echo(snapshot.model_dump_json(indent=2) if as_json else format_status(snapshot))
+def status(config: ConfigOption = None, proxy_config: ProxyConfigOption = None, as_json: JsonOption = False) -> None:
+    """Show budgets, spend, reservations, dual weights, phase and history size (per model group with
+    --proxy-config)."""
+    if proxy_config is None:
+        snapshot = Router(load_config(config)).status()
+        typer.echo(snapshot.model_dump_json(indent=2) if as_json else format_status(snapshot))
+        return
+    snapshots = {group: router.status() for group, router in proxy_routers(config, proxy_config).items()}
+    if as_json:
+        typer.echo(json.dumps({group: s.model_dump(mode="json") for group, s in snapshots.items()}, indent=2))
+    else:
+        typer.echo(by_group({group: format_status(s) for group, s in snapshots.items()}))
+
+
+@app.command()
+def report(
+    config: ConfigOption = None,
+    proxy_config: ProxyConfigOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write the panels (PNG): spend vs budget over time, decisions by phase, "
+                                       "estimated vs actual cost, feedback.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only decisions since then: a duration back from now (24h, 7d) or an ISO date.")
+    ] = None,
+) -> None:
+    """Report spend per budget window, decisions per deployment and phase, cost estimate error and feedback."""
+    from llm_router_plugin.report import build_report, format_report, parse_since, write_json, write_plot
+
+    start = None if since is None else parse_since(since, time.time())
+    if proxy_config is None:
+        single = build_report(Router(load_config(config)), start)
+        typer.echo(format_report(single))
+        _write(single, json_out, write_json, plot, write_plot)
+        return
+    reports = {group: build_report(router, start) for group, router in proxy_routers(config, proxy_config).items()}
+    typer.echo(by_group({group: format_report(r) for group, r in reports.items()}))
+    _write(reports, json_out, write_json, plot, write_plot)
+
+
+def proxy_routers(config: Path | None, proxy_config: Path) -> dict[str, Router]:
+    """The router of every routed model group of a LiteLLM proxy's config.yaml (as the proxy builds them).
+
+    Args:
+        config: the ``--config`` option, which must not be given too.
+        proxy_config: the proxy's config.yaml.
+
+    Returns:
+        Model group → its router, in ``model_list`` order.
+
+    Raises:
+        typer.Exit: both options given, the LiteLLM integration is not installed, or no group is routed (the message
+            says which).
+    """
+    if config is not None:
+        _fail("give --config or --proxy-config, not both")
+    try:  # here, not at the top: the core command line must work without LiteLLM
+        from llm_router_litellm import LiteLLMAdapter
+    except ImportError:
+        _fail("--proxy-config needs the LiteLLM integration: pip install llm-router-plugin-litellm")
+    adapter = LiteLLMAdapter.from_proxy_config(proxy_config)
+    routers = {group: router for group in adapter.validate() if (router := adapter.router(group)) is not None}
+    if not routers:
+        _fail(f"{proxy_config}: no routed model group (no deployment has a model_info.llm_router block)")
+    return routers
+
+
+def by_group(texts: dict[str, str]) -> str:
+    """Texts under a ``model group NAME`` header each."""
+    return "\n\n".join(f"== model group {group} ==\n{text}" for group, text in texts.items())
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()

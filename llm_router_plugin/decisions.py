@@ -8,9 +8,11 @@ without embedding the query again) and its estimates (the sample the dual weight
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,13 +131,26 @@ class DecisionLog:
                 "FROM decisions WHERE id=?",
                 (decision_id,),
             ).fetchone()
-        if row is None:
-            return None
-        return LoggedDecision(
-            id=row[0], created_at=row[1], deployment=row[2], profile=row[3], phase=row[4],
-            embedding=np.frombuffer(row[5], dtype=np.float32).copy(), text=row[6], estimates=json.loads(row[7]),
-            status=row[8], outcome=json.loads(row[9]) if row[9] else {},
-        )
+        return None if row is None else _logged(row)
+
+    def entries(self, since: float | None = None) -> list[LoggedDecision]:
+        """Every decision made at or after ``since``, oldest first, without its embedding and text.
+
+        A report reads the whole log: the embeddings would be most of what it reads, and none of what it needs.
+
+        Args:
+            since: epoch seconds; ``None`` = every decision.
+
+        Returns:
+            The decisions, each with an empty ``embedding`` and ``text=None``.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, created_at, deployment, profile, phase, x'', NULL, estimates, status, outcome "
+                "FROM decisions WHERE created_at >= ? ORDER BY created_at, id",
+                (-math.inf if since is None else since,),
+            ).fetchall()
+        return [_logged(row) for row in rows]
 
     def close_decision(self, decision_id: str, status: str, outcome: dict[str, Any], current: str = "open") -> bool:
         """Mark a decision recorded or failed, with its outcome, if its status is still ``current``.
@@ -302,6 +317,16 @@ class DecisionLog:
         """Give the lease back if ``owner`` holds it."""
         with self._lock, self._db:
             self._db.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
+
+
+def _logged(row: Sequence[Any]) -> LoggedDecision:
+    """A decision from a row of ``id, created_at, deployment, profile, phase, embedding, text, estimates, status,
+    outcome``."""
+    return LoggedDecision(
+        id=row[0], created_at=row[1], deployment=row[2], profile=row[3], phase=row[4],
+        embedding=np.frombuffer(row[5], dtype=np.float32).copy(), text=row[6], estimates=json.loads(row[7]),
+        status=row[8], outcome=json.loads(row[9]) if row[9] else {},
+    )
 
 
 class SQLiteLearningStore:

@@ -170,7 +170,7 @@ class OutcomeRecorder:
             self.ledger.release(decision_id)
             self.decisions.close_decision(decision_id, "failed", outcome)
             return None
-        actual = {"tokens": float(tokens), "usd": self._usd_of(logged, outcome)}
+        actual = {"tokens": float(tokens), "usd": self.usd_of(logged, outcome)}
         settlement = self.ledger.settle(decision_id, actual, self._clock())
         if settlement is None and logged.status == "failed":
             return None  # failed with usage before: charged then
@@ -212,9 +212,17 @@ class OutcomeRecorder:
         finally:
             self._settle_retry_lock.release()
 
-    def _usd_of(self, logged: LoggedDecision, outcome: dict[str, Any]) -> float:
-        """USD of a decision's call: the cost it reported, else its tokens at the deployment's price, else the
-        decision's estimate."""
+    def usd_of(self, logged: LoggedDecision, outcome: dict[str, Any]) -> float:
+        """USD a decision's call is charged: the cost it reported, else its tokens at the deployment's price, else the
+        decision's estimate (what the ledger settles, and what a report counts as spent).
+
+        Args:
+            logged: the decision.
+            outcome: what its ``record`` reported (``prompt_tokens``, ``completion_tokens``, ``cost_usd``).
+
+        Returns:
+            The USD amount.
+        """
         reported = outcome.get("cost_usd")
         if reported is not None:
             return float(reported)
@@ -394,5 +402,5 @@ class OutcomeRecorder:
         return HistoryRecord(id=logged.id, embedding=logged.embedding.tolist(), text=logged.text, outcomes={
             logged.profile: ModelOutcome(quality=quality, prompt_tokens=outcome["prompt_tokens"],
                                          completion_tokens=outcome["completion_tokens"],
-                                         cost_usd=self._usd_of(logged, outcome)),
+                                         cost_usd=self.usd_of(logged, outcome)),
         })

@@ -205,17 +205,20 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
 
 
 def save_figure(fig: Any, ax: Any, path: str | Path) -> None:
-    """Finish a one-axes matplotlib figure (grid, legend, layout) and write it as ``path`` (folders created).
+    """Finish a matplotlib figure (grid and legend on each axes, layout) and write it as ``path`` (folders created).
 
     Args:
         fig: the figure.
-        ax: its axes.
+        ax: its axes, or a list of its axes (panels); an axes without labelled lines, or with its own legend
+            already, gets no legend here.
         path: the image file (its suffix picks the format).
     """
     import matplotlib.pyplot as plt
 
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for one in ax if isinstance(ax, list) else [ax]:
+        one.grid(alpha=0.3)
+        if one.get_legend() is None and one.get_legend_handles_labels()[0]:
+            one.legend(fontsize=8)
     fig.tight_layout()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -91,3 +91,16 @@ def test_queued_history_writes_come_oldest_first_and_a_requeue_outlives_a_stale_
     assert log.history_pending_count() == 2
     assert log.clear_history_pending("a", 2)
     assert log.history_pending(10) == [("c", 1)]
+
+
+def test_entries_are_every_decision_since_a_time_oldest_first_with_status_and_outcome(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "l.db")
+    for decision_id, created_at in (("late", 30.0), ("early", 10.0), ("middle", 20.0)):
+        add(log, decision_id, created_at=created_at)
+    log.close_decision("middle", "recorded", {"prompt_tokens": 3, "completion_tokens": 4})
+    log.close_decision("late", "failed", {"error": "timeout"})
+    assert [e.id for e in log.entries()] == ["early", "middle", "late"]
+    since = log.entries(since=20.0)
+    assert [(e.id, e.status, e.outcome) for e in since] == [
+        ("middle", "recorded", {"prompt_tokens": 3, "completion_tokens": 4}), ("late", "failed", {"error": "timeout"})]
+    assert all(e.estimates == ESTIMATES and e.phase == "learned" and e.deployment == "d" for e in since)
