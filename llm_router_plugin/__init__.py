@@ -28,6 +28,7 @@ from llm_router_plugin.errors import (
 )
 from llm_router_plugin.estimator import Estimates, KnnEstimator
 from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
+from llm_router_plugin.metrics import RouterMetrics
 from llm_router_plugin.onboarding import OnboardReport, onboard
 from llm_router_plugin.profiles import ProfilePrompt, ProfileSet, build_profile_set, default_profile_set
 from llm_router_plugin.router import Candidate, Decision, DeploymentStatus, Router, RouterStatus
@@ -63,6 +64,7 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RouterError",
+    "RouterMetrics",
     "RouterStatus",
     "SQLiteLedger",
     "SentenceTransformerEmbedder",

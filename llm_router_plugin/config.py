@@ -259,6 +259,8 @@ class RouterConfig(BaseModel):
         profile_set: the profile set (``llm-router profile build``) whose cluster centres describe models that few
             neighbours know (models onboarded from profile answers); ``None`` = the one shipped with the package.
         estimator: neighbour and estimate settings.
+        metrics: report Prometheus metrics (decisions, refusals, route times, estimate errors, budgets) to
+            prometheus_client's default registry (see :mod:`llm_router_plugin.metrics`); off: none.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -294,6 +296,7 @@ class RouterConfig(BaseModel):
     exploration: float = Field(default=0.02, ge=0, le=1)
     profile_set: Path | None = None
     estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)
+    metrics: bool = True
 
     @field_validator("deployments")
     @classmethod

@@ -269,6 +269,22 @@ class DecisionLog:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM unsettled").fetchone()[0])
 
+    def open_counts(self, since: float) -> dict[str, int]:
+        """Open decisions (outcome not recorded yet) made at or after ``since``, by deployment.
+
+        Args:
+            since: epoch seconds; older decisions' holds have expired (see ``reservation_timeout_s``).
+
+        Returns:
+            Deployment → open decisions (deployments without any are absent; refused queries are not counted).
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT deployment, COUNT(*) FROM decisions WHERE created_at >= ? AND status='open' "
+                "AND deployment != '' GROUP BY deployment", (since,),
+            ).fetchall()
+        return {str(deployment): int(count) for deployment, count in rows}
+
     def recent_estimates(self, limit: int) -> list[dict[str, dict[str, float]]]:
         """Estimates of the latest ``limit`` decisions (oldest first)."""
         with self._lock:

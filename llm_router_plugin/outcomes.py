@@ -33,6 +33,7 @@ from llm_router_plugin.validation import optional_amount, score, token_count
 
 if TYPE_CHECKING:
     from llm_router_plugin.config import RouterConfig
+    from llm_router_plugin.metrics import RouterMetrics
     from llm_router_plugin.pricing import Price
 
 #: Seconds between two attempts to write the outcomes queued in the decision log by a history outage (with
@@ -64,6 +65,7 @@ class OutcomeRecorder:
         prices: deployment name → its price (``None``: unpriced), for calls that report no cost.
         clock: epoch-seconds clock the ledger is settled at.
         warn_learning: told when the shared learning state cannot be read (the router rate-limits the warning).
+        metrics: told of every decision an outcome closes (``None``: no metrics).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class OutcomeRecorder:
         prices: Mapping[str, Price | None],
         clock: Callable[[], float],
         warn_learning: Callable[[LedgerUnavailableError], None],
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -86,6 +89,7 @@ class OutcomeRecorder:
         self._prices = dict(prices)
         self._clock = clock
         self._warn_learning = warn_learning
+        self._metrics = metrics
         self._history_retry_at = -math.inf
         self._history_retry_lock = threading.Lock()
         self._owner = uuid.uuid4().hex  # this process's name for the decision log's leases
@@ -168,7 +172,8 @@ class OutcomeRecorder:
                 outcome["quality"] = self._feedback_from_elsewhere(decision_id)
         if error is not None and tokens == 0:
             self.ledger.release(decision_id)
-            self.decisions.close_decision(decision_id, "failed", outcome)
+            if self.decisions.close_decision(decision_id, "failed", outcome):
+                self._closed(logged, "failed", outcome, {})
             return None
         actual = {"tokens": float(tokens), "usd": self.usd_of(logged, outcome)}
         settlement = self.ledger.settle(decision_id, actual, self._clock())
@@ -178,6 +183,7 @@ class OutcomeRecorder:
             return None  # a concurrent record of the same decision closed it first (the ledger charged once)
         if settlement is None:  # an earlier, interrupted record settled the ledger already
             settlement = Settlement(logged.deployment, {}, actual, False)
+        self._closed(logged, "failed" if error else "recorded", outcome, actual)
         if error is None and self.config.learn_online and logged.embedding.size:
             self._learn(replace(logged, outcome=outcome))
             if quality is None:
@@ -187,6 +193,15 @@ class OutcomeRecorder:
                 if late is not None and late != outcome["quality"]:
                     self._learn_quality(decision_id, logged.profile, late)
         return settlement
+
+    def _closed(self, logged: LoggedDecision, status: str, outcome: dict[str, Any], actual: dict[str, float]) -> None:
+        """Tell the metrics of a decision this outcome closed (counted once: late usage of a failed call is not)."""
+        if self._metrics is None or logged.status != "open":
+            return
+        measured = dict(actual)
+        if outcome.get("cost_usd") is None and self._prices.get(logged.deployment) is None:
+            measured.pop("usd", None)  # charged at the decision's estimate: nothing was measured
+        self._metrics.closed(logged, status, measured)
 
     def _settle_queued(self) -> None:
         """Settle the outcomes queued by a ledger outage, oldest first, once the ledger answers again.

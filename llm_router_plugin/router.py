@@ -41,6 +41,7 @@ from llm_router_plugin.errors import BudgetExhaustedError, EmptyQueryError, Ledg
 from llm_router_plugin.estimator import PRIOR_QUALITY, Estimates, Estimator, KnnEstimator, mean_estimates
 from llm_router_plugin.history import FIELDS, STORE_UNREACHABLE, ChromaHistory
 from llm_router_plugin.learning import SAMPLE_SIZE, DualState, LearningStore, open_learning_store
+from llm_router_plugin.metrics import RouterMetrics, observing
 from llm_router_plugin.outcomes import OutcomeRecorder
 from llm_router_plugin.pricing import resolve_prices, usage_estimate
 from llm_router_plugin.profiles import ProfileSet, load_profile_set
@@ -225,6 +226,9 @@ class Router:
         clock: epoch-seconds clock (tests and replays pass their own).
         ledger_password: the Redis password of the ledger and the shared learning state when it does not come from
             ``ledger_password_env`` (the LiteLLM proxy's ``router_settings.redis_password``); never part of the config.
+        metrics: where to report Prometheus metrics (:class:`~llm_router_plugin.metrics.RouterMetrics`: a registry
+            and a group label); ``None`` = group ``"default"`` on prometheus_client's default registry, unless the
+            config says ``metrics: false``.
 
     Example:
         >>> router = Router.from_config("router.yaml")  # doctest: +SKIP
@@ -245,8 +249,10 @@ class Router:
         estimator: Estimator | None = None,
         clock: Callable[[], float] = time.time,
         ledger_password: str | None = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None or not config.metrics else RouterMetrics()
         self.embedder = embedder or configured_embedder(config)
         data_dir = Path(config.data_dir)
         self.history = history or ChromaHistory.from_config(config)
@@ -283,8 +289,10 @@ class Router:
         self.outcomes = OutcomeRecorder(
             config, ledger=self.ledger, decisions=self.decisions, history=self.history, learning=self.learning,
             prices={d.name: p for d, p in zip(self._deployments, self._prices, strict=True)}, clock=clock,
-            warn_learning=self._warn_learning,
+            warn_learning=self._warn_learning, metrics=self.metrics,
         )
+        if self.metrics is not None:
+            self.metrics.watch(self)
 
     @classmethod
     def from_config(cls, source: str | Path | dict[str, Any] | RouterConfig, **kwargs: Any) -> Router:
@@ -347,19 +355,22 @@ class Router:
             LedgerUnavailableError: the budget ledger (a Redis server) cannot be reached: no deployment is served,
                 with a budget or without, since none may be served without a hold (fails closed).
         """
-        request = self._request(query, prompt_tokens, max_tokens, n, deployments, dry_run)
-        with stage("embedding"):
-            embedding = self.embedder.embed([request.text])[0] if request.text else None
-        return self._decide(request, embedding)
+        # A dry run is not traffic: the metrics do not see it either.
+        with observing(None if dry_run else self.metrics) as routed:
+            request = self._request(query, prompt_tokens, max_tokens, n, deployments, dry_run)
+            with stage("embedding"):
+                embedding = self.embedder.embed([request.text])[0] if request.text else None
+            return routed(self._decide(request, embedding))
 
     async def aroute(
         self, query: Query, *, prompt_tokens: int | None = None, max_tokens: int | None = None, n: int = 1,
         deployments: Sequence[str] | None = None, dry_run: bool = False,
     ) -> Decision:
         """Async :meth:`route`: embedding, store and ledger work run off the event loop."""
-        request = self._request(query, prompt_tokens, max_tokens, n, deployments, dry_run)
-        embedding = (await self.embedder.aembed([request.text]))[0] if request.text else None
-        return await asyncio.to_thread(self._decide, request, embedding)
+        with observing(None if dry_run else self.metrics) as routed:
+            request = self._request(query, prompt_tokens, max_tokens, n, deployments, dry_run)
+            embedding = (await self.embedder.aembed([request.text]))[0] if request.text else None
+            return routed(await asyncio.to_thread(self._decide, request, embedding))
 
     def _request(self, query: Query, prompt_tokens: Any, max_tokens: Any, n: Any, deployments: Sequence[str] | None,
                  dry_run: bool) -> _Request:

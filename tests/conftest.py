@@ -54,8 +54,9 @@ def make_router(tmp_path: Path, embedder: HashingEmbedder) -> Callable[..., Rout
                 {"name": "small", "model": "small-model", "token_budget": 20_000},
             ],
         }
-        popped = {key: overrides.pop(key, None) for key in ("clock", "ledger")}
-        injected = {key: value for key, value in popped.items() if value is not None}
+        # Objects are passed to the router; a bool ``metrics`` is the config's flag.
+        injected = {key: overrides.pop(key) for key in ("clock", "ledger", "metrics")
+                    if overrides.get(key) is not None and not isinstance(overrides[key], bool)}
         config.update(overrides)
         router = Router(RouterConfig.from_dict(config), embedder=embedder, **injected)
         if history and router.history.count() == 0:

@@ -29,6 +29,7 @@ EXPECTED_ALL = [
     "Router",
     "RouterConfig",
     "RouterError",
+    "RouterMetrics",
     "RouterStatus",
     "SQLiteLedger",
     "SentenceTransformerEmbedder",

@@ -14,7 +14,8 @@ Mapping:
   budgets are kept on that Redis (see :func:`litellm_redis_ledger`). Each routed group gets its own router, with
   its own ledger and dual weights under ``<data_dir>/litellm/<group>-<hash>/`` (on a Redis ledger: under the key
   namespace ``<ledger_namespace>:<group>-<hash>``, which the same group on other proxies shares); all groups share one
-  history store and one embedder.
+  history store and one embedder. Its Prometheus metrics carry the label ``group="<model group>"`` (see
+  :mod:`llm_router_plugin.metrics`; off with the setting ``metrics: false``).
 - Prices: a deployment's ``llm_router`` block may set ``input_usd_per_mtok``/``output_usd_per_mtok``; else they
   come from LiteLLM (``litellm_params``/``model_info`` ``input_cost_per_token`` and ``output_cost_per_token``, then
   LiteLLM's price map for ``litellm_params.model``), else the router fits them on history.
@@ -64,6 +65,7 @@ from llm_router_plugin.errors import (
     UnknownDecisionError,
 )
 from llm_router_plugin.history import ChromaHistory
+from llm_router_plugin.metrics import RouterMetrics
 from llm_router_plugin.router import Decision, Router, RouterStatus
 from llm_router_plugin.validation import optional_token_count, score, token_count
 
@@ -437,7 +439,20 @@ class LiteLLMAdapter:
             "ledger_namespace": f"{self.settings.ledger_namespace}:{label}",
             "deployments": [deployment_config(d).model_dump() for d in members],
         })
-        return Router(config, embedder=self.embedder, history=self.history, ledger_password=self._ledger_password)
+        return Router(config, embedder=self.embedder, history=self.history, ledger_password=self._ledger_password,
+                      metrics=RouterMetrics(model_group) if config.metrics else None)
+
+    def routers(self) -> dict[str, Router]:
+        """The router of every routed group, in ``model_list`` order (routers not built yet are built).
+
+        Returns:
+            Model group → its router.
+
+        Raises:
+            ValueError: a deployment of a group has invalid ``model_info.llm_router`` settings.
+        """
+        groups = dict.fromkeys(str(d.get("model_name")) for d in self._model_list())
+        return {group: router for group in groups if (router := self.router(group)) is not None}
 
     # ----------------------------------------------------------------------------------------------- routing
 
@@ -596,8 +611,7 @@ class LiteLLMAdapter:
                 the argument).
         """
         quality = score("quality", quality)  # before any lookup: a bad score is refused whatever the id
-        routers = [(group, router) for group in dict.fromkeys(str(d.get("model_name")) for d in self._model_list())
-                   if (router := self.router(group)) is not None]
+        routers = list(self.routers().items())
         # This proxy's own decisions first: they need no shared state, so a Redis outage does not stop them.
         for group, router in routers:
             if router.decisions.get(decision_id) is not None:
@@ -631,6 +645,8 @@ class LiteLLMAdapter:
             LedgerUnavailableError: the budget ledger (a Redis server) cannot be reached.
         """
         groups = dict.fromkeys(str(d.get("model_name")) for d in self._model_list())
+        # One group at a time: a ledger that is down fails the first group's status (a 503 naming it), before a
+        # router not built yet would fail to connect to it.
         return {group: router.status() for group in groups if (router := self.router(group)) is not None}
 
     async def astatus(self) -> dict[str, RouterStatus]:

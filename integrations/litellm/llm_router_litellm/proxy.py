@@ -17,9 +17,12 @@ releases every attempt of a request the proxy gave up on (post-call failure hook
 headers to the response. The callback must be imported from this installed
 package (a copy of the module beside config.yaml would be a second, separate instance).
 
-It also adds two routes to the proxy, behind its own key check: ``POST /llm-router/feedback`` with
-``{"decision_id": ..., "quality": 0.8}``, so that an application can score the answer a decision id came with, and
-``GET /llm-router/status``, every routed group's router status (budgets, spend, dual weights, decisions, phase).
+It also adds three routes to the proxy, behind its own key check: ``POST /llm-router/feedback`` with
+``{"decision_id": ..., "quality": 0.8}``, so that an application can score the answer a decision id came with,
+``GET /llm-router/status``, every routed group's router status (budgets, spend, dual weights, decisions, phase), and
+``GET /llm-router/metrics``, the routers' Prometheus metrics alone (see :mod:`llm_router_plugin.metrics`). The routers
+report to prometheus_client's default registry, so with LiteLLM's own ``"prometheus"`` callback they are on the
+proxy's ``/metrics`` as well; this route serves them without it.
 
 When the proxy imports this module it has already read its config file: the router settings and every routed
 deployment are validated then, so that a bad ``model_info.llm_router`` block, a negative budget, a duplicate
@@ -29,8 +32,10 @@ every request of the group later.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,8 +43,9 @@ from typing import Any
 
 import litellm
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from llm_router_litellm.adapter import (
@@ -53,14 +59,18 @@ from llm_router_litellm.adapter import (
 from llm_router_litellm.strategy import OutcomeLogger
 from llm_router_plugin._files import read_yaml
 from llm_router_plugin.errors import LedgerUnavailableError, UnknownDecisionError
+from llm_router_plugin.metrics import exposition
 from llm_router_plugin.validation import score
 
 #: The proxy route that takes quality feedback.
 FEEDBACK_PATH = "/llm-router/feedback"
 #: The proxy route that shows every routed group's router status.
 STATUS_PATH = "/llm-router/status"
+#: The proxy route that serves the routers' Prometheus metrics.
+METRICS_PATH = "/llm-router/metrics"
 #: Longest decision id the route looks up (the router's ids are 32 hex digits).
 MAX_DECISION_ID = 128
+_log = logging.getLogger("llm_router_litellm")
 
 
 class ProxyCallback(OutcomeLogger):
@@ -188,8 +198,8 @@ class ProxyCallback(OutcomeLogger):
         return decision_headers(data) or None
 
     def add_routes(self, app: FastAPI) -> None:
-        """Add ``POST /llm-router/feedback`` and ``GET /llm-router/status`` to the proxy's app, behind LiteLLM's key
-        check (once per app).
+        """Add ``POST /llm-router/feedback``, ``GET /llm-router/status`` and ``GET /llm-router/metrics`` to the proxy's
+        app, behind LiteLLM's key check (once per app).
 
         The check is LiteLLM's ``user_api_key_auth``, as on the proxy's own routes: the master key, and virtual keys
         as LiteLLM's route permissions allow. A check that fails without an HTTP answer of LiteLLM's is a 401.
@@ -197,7 +207,8 @@ class ProxyCallback(OutcomeLogger):
         Args:
             app: the proxy's FastAPI app (``litellm.proxy.proxy_server.app``).
         """
-        if any(isinstance(r, APIRoute) and r.path in (FEEDBACK_PATH, STATUS_PATH) for r in app.router.routes):
+        if any(isinstance(r, APIRoute) and r.path in (FEEDBACK_PATH, STATUS_PATH, METRICS_PATH)
+               for r in app.router.routes):
             return
         checked = [Depends(_key_check())]
         app.add_api_route(FEEDBACK_PATH, self.feedback_endpoint, methods=["POST"], dependencies=checked,
@@ -205,6 +216,8 @@ class ProxyCallback(OutcomeLogger):
                           summary="Score the answer of a routed request (its x-llm-router-decision-id)")
         app.add_api_route(STATUS_PATH, self.status_endpoint, methods=["GET"], dependencies=checked,
                           tags=["llm-router"], summary="Budgets, spend, dual weights and phase of every routed group")
+        app.add_api_route(METRICS_PATH, self.metrics_endpoint, methods=["GET"], dependencies=checked,
+                          tags=["llm-router"], summary="The routers' Prometheus metrics (text exposition format)")
 
     async def status_endpoint(self) -> JSONResponse:
         """Every routed model group's :meth:`Router.status() <llm_router_plugin.Router.status>`.
@@ -221,6 +234,22 @@ class ProxyCallback(OutcomeLogger):
             return _error(503, "ledger", str(exc))
         return JSONResponse({"model_groups": {group: status.model_dump(mode="json")
                                               for group, status in groups.items()}})
+
+    async def metrics_endpoint(self) -> Response:
+        """The routers' Prometheus metrics, every routed group's, without LiteLLM's own.
+
+        Returns:
+            200 with the text exposition (``text/plain; version=0.0.4``). A group whose status cannot be read (its
+            ledger is unreachable) has ``llm_router_status_up{group=...} 0`` and no budget gauges.
+        """
+        return Response(await asyncio.to_thread(self._exposition), media_type=CONTENT_TYPE_LATEST)
+
+    def _exposition(self) -> bytes:
+        try:
+            self.adapter.routers()  # built now, so that a group's budgets show before its first request
+        except Exception as exc:  # e.g. its Redis ledger is down: the metrics of the routers built are still served
+            _log.info("metrics: a routed group's router cannot be built now: %r", exc)
+        return exposition()
 
     async def feedback_endpoint(self, request: Request) -> JSONResponse:
         """Attach a quality score to a decision: the body is ``{"decision_id": "...", "quality": 0.8}``.
