@@ -82,9 +82,11 @@ def main() -> None:
     plot(outcomes, figure)
     print("\n" + table(outcomes))
     print(f"\nplot: {figure}")
-    print("next: make bench (the router against PORT and baselines on replayed outcomes) · "
-          "python examples/langchain_chatbot.py (a LangChain chatbot) · README \"Add a model\" (a model the history "
-          f"does not know) · llm-router status --proxy-config {data_dir / 'config.yaml'}")
+    config_path = data_dir / "config.yaml"
+    print(f"next: llm-router report --proxy-config {config_path} --plot report.png   (what the router spent and "
+          "decided)\n      make bench   (the router against PORT and baselines on replayed outcomes)\n"
+          "      python examples/langchain_chatbot.py   (a LangChain chatbot on the router)\n"
+          "      README, \"Add a model\"   (route to a model the history does not know)")
 
 
 if __name__ == "__main__":

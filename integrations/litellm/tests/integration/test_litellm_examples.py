@@ -52,4 +52,4 @@ def test_proxy_demo_compares_the_router_with_litellm_strategies_under_the_same_b
     assert not (data_dir / "stale").exists()
     plot = data_dir / "demo.png"
     assert f"plot: {plot}" in out and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert out.rstrip().splitlines()[-1].startswith("next: ")  # the last screen ends with what to try next
+    assert "next: llm-router report --proxy-config" in out.split("plot: ")[1]  # the last screen: what to try next
