@@ -464,8 +464,8 @@ class LiteLLMAdapter:
 
         Args:
             model_group: the requested model group.
-            healthy: the deployments LiteLLM's filters left (in the SDK strategy: health, cooldown and budget
-                limiter; in the proxy: health and cooldown).
+            healthy: the deployments LiteLLM's filters left (health, cooldown and budget limiter; in the proxy the
+                callback runs the budget limiter before it chooses).
             messages: the chat messages; ``None`` (embeddings and other non-chat calls) is not routed.
             request_kwargs: the request's keyword arguments; the decision goes into its metadata.
 

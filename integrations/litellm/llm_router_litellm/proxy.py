@@ -9,9 +9,11 @@
 
 The proxy has no hook for a custom routing strategy; its deployment filter hook runs after LiteLLM's own health
 and cooldown filters, and this callback narrows the healthy deployments of a routed group to the one the router
-picks. LiteLLM's budget limiter (deployment ``max_budget``, ``provider_budget_config``) is a filter hook too,
-registered when the proxy builds its router, after the config's callbacks: it runs after this one, on the router's
-pick alone, and fails the request if that pick is over its LiteLLM budget. The same object strips any
+picks. LiteLLM's budget limiter (deployment ``max_budget``, ``provider_budget_config``, tag budgets) is a filter hook
+too, registered when the proxy builds its router, after the config's callbacks, so it runs after this one. For a
+routed group this callback runs it first and the router picks among the deployments within their LiteLLM budget: one
+over it is routed around rather than picked and then refused (with none within, the limiter's own error fails the
+request). The same object strips any
 ``llm_router`` metadata a client sends (pre-call hook), records outcomes from the success and failure events,
 releases every attempt of a request the proxy gave up on (post-call failure hook), and adds ``x-llm-router-*``
 headers to the response. The callback must be imported from this installed
@@ -45,6 +47,7 @@ import litellm
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from litellm.router_strategy.budget_limiter import RouterBudgetLimiting
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
@@ -156,21 +159,34 @@ class ProxyCallback(OutcomeLogger):
     ) -> list[dict[str, Any]]:
         """Narrow a routed group's healthy deployments to the router's choice; other requests pass untouched.
 
+        LiteLLM's deployment budget limiters in ``litellm.callbacks`` (exactly ``RouterBudgetLimiting``, not the
+        proxy's subclasses for virtual-key budgets) narrow a routed group's deployments first, and the router
+        chooses among those within their LiteLLM budget: the stricter of the two budgets wins.
+
         Args:
             model: the model group.
             healthy_deployments: what LiteLLM's health and cooldown filters left.
             messages: the chat messages (``None`` for embeddings and other non-chat calls).
             request_kwargs: the request; the decision goes into its metadata.
-            parent_otel_span: LiteLLM's tracing span (unused).
+            parent_otel_span: LiteLLM's tracing span (passed on to its budget limiter).
 
         Returns:
-            The chosen deployment alone, or ``healthy_deployments`` unchanged.
+            The chosen deployment alone; for a request the router does not route, ``healthy_deployments`` (of a
+            routed group: those within their LiteLLM budget).
 
         Raises:
             litellm.RateLimitError: the group's budgets are exhausted and it has no fallback deployment (HTTP 429).
+            ValueError: LiteLLM's budget limiter left no deployment of a routed group (its own error, ``No
+                deployments available - crossed budget``), as LiteLLM would have raised it.
         """
         if not healthy_deployments or messages is None:
             return healthy_deployments
+        limiters = _budget_limiters()
+        if limiters and await asyncio.to_thread(self.adapter.router, model) is not None:
+            for limiter in limiters:  # raises LiteLLM's own error when it leaves none
+                healthy_deployments = await limiter.async_filter_deployments(
+                    model=model, healthy_deployments=healthy_deployments, messages=messages,
+                    request_kwargs=request_kwargs, parent_otel_span=parent_otel_span)
         chosen = await self.adapter.achoose(model, healthy_deployments, messages,
                                             request_kwargs if request_kwargs is not None else {})
         return healthy_deployments if chosen is None else [chosen]
@@ -285,6 +301,15 @@ class ProxyCallback(OutcomeLogger):
                 raise  # not the request's fault (e.g. a router that cannot be built): the proxy's 500
             return _error(400, field, message)
         return JSONResponse({"decision_id": decision_id, "quality": quality, "status": "recorded"})
+
+
+def _budget_limiters() -> list[RouterBudgetLimiting]:
+    """LiteLLM's deployment budget limiters registered in ``litellm.callbacks`` (those of its routers).
+
+    The type must match exactly, as in LiteLLM's ``Router.get_router_deployment_budget_limiter``: the proxy's own
+    subclasses (virtual-key model budgets) are not deployment budgets.
+    """
+    return [c for c in litellm.callbacks if type(c) is RouterBudgetLimiting]
 
 
 def _key_check() -> Callable[..., Awaitable[Any]]:
