@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 #: The phases of a decision, in the order a router goes through them (the plot's colours follow it).
 PHASES = ("warmup", "learned", "explore", "fallback")
+#: The phase, and the report's status, of a query the router refused (no deployment could afford it).
+DECLINED = "declined"
 
 
 class SpendPoint(BaseModel):
@@ -78,9 +80,9 @@ class Call(BaseModel):
     Attributes:
         id: the decision id.
         created_at: epoch seconds.
-        deployment: the chosen deployment.
+        deployment: the chosen deployment (``""`` for a refused query).
         phase: the decision's phase.
-        status: ``"open"`` (no outcome yet), ``"recorded"`` or ``"failed"``.
+        status: ``"open"`` (no outcome yet), ``"recorded"``, ``"failed"`` or ``"declined"`` (a refused query).
         charged: whether the ledger charged its actual usage (see the module docstring).
         estimated: unit → the chosen deployment's estimate at decision time (empty if the log has none).
         actual: unit → what it was charged; ``None`` when not charged.
@@ -176,7 +178,9 @@ def build_report(router: Router, since: float | None = None, now: float | None =
     profiles = {logged.deployment: logged.profile for logged in read}
     deployments = [
         _deployment(router, name, profiles.get(name, ""), covered, list(calls.values()), since, now)
-        for name in dict.fromkeys([*(d.name for d in router.config.deployments), *(c.deployment for c in covered)])
+        # A refused query was logged without a deployment: it is a decision of the report, not a deployment's.
+        for name in dict.fromkeys([*(d.name for d in router.config.deployments),
+                                   *(c.deployment for c in covered if c.deployment)])
     ]
     return RouterReport(
         generated_at=now, since=since, decisions=len(covered), statuses=_counts(c.status for c in covered),
@@ -205,7 +209,9 @@ def _call(router: Router, logged: LoggedDecision) -> Call:
     estimate = logged.estimates.get(logged.deployment, {})
     return Call(
         id=logged.id, created_at=logged.created_at, deployment=logged.deployment, phase=logged.phase,
-        status=logged.status, charged=charged, estimated={u: float(estimate[u]) for u in UNITS if u in estimate},
+        # A refused query stays "open" in the log (no call will close it): it is neither open nor charged.
+        status=DECLINED if logged.phase == DECLINED else logged.status, charged=charged,
+        estimated={u: float(estimate[u]) for u in UNITS if u in estimate},
         actual={"tokens": float(tokens), "usd": router.outcomes.usd_of(logged, outcome)} if charged else None,
         quality=outcome.get("quality"), error=outcome.get("error"),
     )
