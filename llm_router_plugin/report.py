@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from llm_router_plugin.budget import UNITS, window_index
 from llm_router_plugin.config import parse_window
 from llm_router_plugin.decisions import LoggedDecision
+from llm_router_plugin.outcomes import CHARGED_USD
 
 if TYPE_CHECKING:
     from llm_router_plugin.router import Router
@@ -212,9 +213,15 @@ def _call(router: Router, logged: LoggedDecision) -> Call:
         # A refused query stays "open" in the log (no call will close it): it is neither open nor charged.
         status=DECLINED if logged.phase == DECLINED else logged.status, charged=charged,
         estimated={u: float(estimate[u]) for u in UNITS if u in estimate},
-        actual={"tokens": float(tokens), "usd": router.outcomes.usd_of(logged, outcome)} if charged else None,
+        actual={"tokens": float(tokens), "usd": _charged_usd(router, logged)} if charged else None,
         quality=outcome.get("quality"), error=outcome.get("error"),
     )
+
+
+def _charged_usd(router: Router, logged: LoggedDecision) -> float:
+    """The USD the ledger charged a call: as kept at record time (a log from before that: priced again now)."""
+    charged = logged.outcome.get(CHARGED_USD)
+    return float(charged) if charged is not None else router.outcomes.usd_of(logged, logged.outcome)
 
 
 def _deployment(router: Router, name: str, model: str, covered: Sequence[Call], read: Sequence[Call],
