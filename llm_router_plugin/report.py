@@ -302,6 +302,10 @@ def parse_since(text: str, now: float) -> float:
         seconds = None
     if seconds is None:
         raise ValueError(f"since: expected a duration such as '24h' or '7d', or an ISO date, got {text!r}")
+    try:
+        datetime.fromtimestamp(now - seconds)  # the report prints it as a date
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"since: {text!r} goes back before any date") from None
     return now - seconds
 
 
