@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from llm_router_plugin.metrics import RouterMetrics
     from llm_router_plugin.pricing import Price
 
+#: The key of a closed decision's outcome that holds the USD the ledger was charged for its call.
+CHARGED_USD = "charged_usd"
 #: Seconds between two attempts to write the outcomes queued in the decision log by a history outage (with
 #: ``history_batch_s``, queued outcomes are written that often instead, if sooner).
 HISTORY_RETRY_S = 5.0
@@ -176,6 +178,8 @@ class OutcomeRecorder:
                 self._closed(logged, "failed", outcome, {})
             return None
         actual = {"tokens": float(tokens), "usd": self.usd_of(logged, outcome)}
+        # Kept with the outcome: the price it was charged at may change (config, history) before a report reads it.
+        outcome[CHARGED_USD] = actual["usd"]
         settlement = self.ledger.settle(decision_id, actual, self._clock())
         if settlement is None and logged.status == "failed":
             return None  # failed with usage before: charged then

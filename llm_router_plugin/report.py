@@ -31,12 +31,15 @@ from pydantic import BaseModel
 from llm_router_plugin.budget import UNITS, window_index
 from llm_router_plugin.config import parse_window
 from llm_router_plugin.decisions import LoggedDecision
+from llm_router_plugin.outcomes import CHARGED_USD
 
 if TYPE_CHECKING:
     from llm_router_plugin.router import Router
 
 #: The phases of a decision, in the order a router goes through them (the plot's colours follow it).
 PHASES = ("warmup", "learned", "explore", "fallback")
+#: The phase, and the report's status, of a query the router refused (no deployment could afford it).
+DECLINED = "declined"
 
 
 class SpendPoint(BaseModel):
@@ -78,9 +81,9 @@ class Call(BaseModel):
     Attributes:
         id: the decision id.
         created_at: epoch seconds.
-        deployment: the chosen deployment.
+        deployment: the chosen deployment (``""`` for a refused query).
         phase: the decision's phase.
-        status: ``"open"`` (no outcome yet), ``"recorded"`` or ``"failed"``.
+        status: ``"open"`` (no outcome yet), ``"recorded"``, ``"failed"`` or ``"declined"`` (a refused query).
         charged: whether the ledger charged its actual usage (see the module docstring).
         estimated: unit → the chosen deployment's estimate at decision time (empty if the log has none).
         actual: unit → what it was charged; ``None`` when not charged.
@@ -176,7 +179,9 @@ def build_report(router: Router, since: float | None = None, now: float | None =
     profiles = {logged.deployment: logged.profile for logged in read}
     deployments = [
         _deployment(router, name, profiles.get(name, ""), covered, list(calls.values()), since, now)
-        for name in dict.fromkeys([*(d.name for d in router.config.deployments), *(c.deployment for c in covered)])
+        # A refused query was logged without a deployment: it is a decision of the report, not a deployment's.
+        for name in dict.fromkeys([*(d.name for d in router.config.deployments),
+                                   *(c.deployment for c in covered if c.deployment)])
     ]
     return RouterReport(
         generated_at=now, since=since, decisions=len(covered), statuses=_counts(c.status for c in covered),
@@ -205,10 +210,18 @@ def _call(router: Router, logged: LoggedDecision) -> Call:
     estimate = logged.estimates.get(logged.deployment, {})
     return Call(
         id=logged.id, created_at=logged.created_at, deployment=logged.deployment, phase=logged.phase,
-        status=logged.status, charged=charged, estimated={u: float(estimate[u]) for u in UNITS if u in estimate},
-        actual={"tokens": float(tokens), "usd": router.outcomes.usd_of(logged, outcome)} if charged else None,
+        # A refused query stays "open" in the log (no call will close it): it is neither open nor charged.
+        status=DECLINED if logged.phase == DECLINED else logged.status, charged=charged,
+        estimated={u: float(estimate[u]) for u in UNITS if u in estimate},
+        actual={"tokens": float(tokens), "usd": _charged_usd(router, logged)} if charged else None,
         quality=outcome.get("quality"), error=outcome.get("error"),
     )
+
+
+def _charged_usd(router: Router, logged: LoggedDecision) -> float:
+    """The USD the ledger charged a call: as kept at record time (a log from before that: priced again now)."""
+    charged = logged.outcome.get(CHARGED_USD)
+    return float(charged) if charged is not None else router.outcomes.usd_of(logged, logged.outcome)
 
 
 def _deployment(router: Router, name: str, model: str, covered: Sequence[Call], read: Sequence[Call],
@@ -289,6 +302,10 @@ def parse_since(text: str, now: float) -> float:
         seconds = None
     if seconds is None:
         raise ValueError(f"since: expected a duration such as '24h' or '7d', or an ISO date, got {text!r}")
+    try:
+        datetime.fromtimestamp(now - seconds)  # the report prints it as a date
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"since: {text!r} goes back before any date") from None
     return now - seconds
 
 

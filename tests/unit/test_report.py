@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_router_plugin import Decision, Router
+from llm_router_plugin import BudgetExhaustedError, Decision, Router
 from llm_router_plugin.report import RouterReport, build_report, format_report, parse_since, write_plot
 from tests.conftest import topic_prompt
 
@@ -158,3 +158,39 @@ def test_since_is_a_duration_back_from_now_or_an_iso_date() -> None:
     assert parse_since("2024-05-01T00:00:00+00:00", now=0.0) == 1714521600.0
     with pytest.raises(ValueError, match="since"):
         parse_since("yesterday", now=0.0)
+
+
+def test_a_refused_query_is_declined_not_an_open_call_of_a_nameless_deployment(
+    make_router: Callable[..., Router],
+) -> None:
+    router = make_router(deployments=[{"name": "big", "model": "big-model", "token_budget": 10}])
+    with pytest.raises(BudgetExhaustedError):
+        router.route(topic_prompt("math", 1))
+    report = build_report(router)
+    assert [d.name for d in report.deployments] == ["big"]
+    assert (report.decisions, report.statuses) == (1, {"declined": 1})
+    assert [(c.deployment, c.status, c.charged) for c in report.calls] == [("", "declined", False)]
+    assert "1 decisions: 1 declined" in format_report(report)
+
+
+def test_spend_is_what_the_ledger_charged_even_after_the_prices_change(
+    make_router: Callable[..., Router], tmp_path: Path,
+) -> None:
+    def deployment(usd_per_mtok: float) -> list[dict[str, object]]:
+        return [{"name": "small", "model": "small-model", "token_budget": 20_000,
+                 "input_usd_per_mtok": usd_per_mtok, "output_usd_per_mtok": usd_per_mtok}]
+
+    data_dir = tmp_path / "shared"
+    router = make_router(data_dir=data_dir, deployments=deployment(1))
+    decision = router.route(topic_prompt("code", 1))
+    router.record(decision.id, 100, 100)  # no cost reported: charged at the price of the day, 200 × 1e-6 USD
+    repriced = make_router(data_dir=data_dir, deployments=deployment(10))
+    [small] = build_report(repriced).deployments
+    assert small.ledger_spent["usd"] == pytest.approx(200e-6)
+    assert small.spent["usd"] == pytest.approx(small.ledger_spent["usd"])
+    assert build_report(repriced).calls[0].actual == pytest.approx({"tokens": 200, "usd": 200e-6})
+
+
+def test_a_since_too_far_back_for_a_date_is_refused() -> None:
+    with pytest.raises(ValueError, match="since"):
+        parse_since("99999999999999999999d", now=0.0)
