@@ -23,7 +23,7 @@ from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.dataset import bundled_path, import_history, read_data
 from llm_router_plugin.embedding import Backend, Keep, make_embedder
 from llm_router_plugin.embedding_cache import CachingEmbedder, cache_path
-from llm_router_plugin.errors import RouterError
+from llm_router_plugin.errors import LedgerUnavailableError, RouterError
 from llm_router_plugin.history import ChromaHistory, StoreNotConnectedError
 from llm_router_plugin.onboarding import onboard as onboard_model
 from llm_router_plugin.onboarding import read_results
@@ -688,8 +688,8 @@ def main() -> None:
     """Entry point of the ``llm-router`` script."""
     try:
         app()
-    # Bad input or config, or a Chroma server that is not up: say which file, field or server, no traceback.
-    except (ValueError, FileNotFoundError, StoreNotConnectedError) as exc:
+    # Bad input or config, or a Chroma or Redis server that is not up: say which file, field or server, no traceback.
+    except (ValueError, FileNotFoundError, StoreNotConnectedError, LedgerUnavailableError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
 

@@ -313,8 +313,9 @@ class RedisLedger:
         self._release = self.client.register_script(_RELEASE)
         self._usage = self.client.register_script(_USAGE)
         # Every ledger on the namespace counts windows from the same instant: the first to start sets it.
-        self.client.set(f"{self._prefix}:anchor", _num(time.time()), nx=True)
-        self._anchor = float(_text(self.client.get(f"{self._prefix}:anchor")))
+        with reachable(self.client):
+            self.client.set(f"{self._prefix}:anchor", _num(time.time()), nx=True)
+            self._anchor = float(_text(self.client.get(f"{self._prefix}:anchor")))
 
     @property
     def anchor(self) -> float:

@@ -198,12 +198,15 @@ def plot(outcomes: Sequence[Outcome], path: Path) -> None:
 def _spend_panel(ax: Any, outcome: Outcome, names: Sequence[str]) -> None:
     """Each deployment's cumulative spend over the requests, in percent of its budget (the dashed line)."""
     for i, name in enumerate(names):
+        budget = outcome.budgets.get(name)
+        if not budget:  # no USD budget: no share of one to draw
+            continue
         spent, xs, ys = 0.0, [0], [0.0]
         for n, answer in enumerate(outcome.answers, start=1):
             if answer.deployment == name:
                 spent += answer.cost
                 xs.append(n)
-                ys.append(100 * spent / outcome.budgets[name])
+                ys.append(100 * spent / budget)
         xs.append(len(outcome.answers))
         ys.append(ys[-1])
         ax.step(xs, ys, where="post", color=f"C{i}", label=name)

@@ -152,3 +152,26 @@ def test_outcomes_reported_during_an_outage_are_settled_when_redis_is_back(
         assert router.record(answered.id, prompt_tokens=40, completion_tokens=60) is None
         assert spent(router, "big") == 100
         assert router.status().unsettled == 0
+
+
+def test_a_ledger_opened_while_redis_is_down_says_so_by_name(tmp_path: Path) -> None:
+    from llm_router_plugin.testing import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with pytest.raises(LedgerUnavailableError, match=r"127\.0\.0\.1"):
+        RedisLedger(url, namespace=f"t-{uuid.uuid4().hex}")
+
+
+def test_the_command_line_reports_a_redis_ledger_that_is_down_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from llm_router_plugin.testing import free_port
+
+    config = tmp_path / "router.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'd'}\nembedding_model: hashing-64\n"
+                      f"ledger: redis://127.0.0.1:{free_port()}/0\ndeployments: [{{name: m, token_budget: 10}}]\n")
+    result = subprocess.run([sys.executable, "-m", "llm_router_plugin.cli", "status", "-c", str(config)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: "), result.stderr[-2000:]
