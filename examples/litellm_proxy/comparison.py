@@ -213,7 +213,7 @@ def _spend_panel(ax: Any, outcome: Outcome, names: Sequence[str]) -> None:
     ax.axhline(100, color="black", linestyle="--", linewidth=0.9)
     refused = [n for n, a in enumerate(outcome.answers, start=1) if a.deployment is None]
     if refused:
-        ax.plot(refused, [2] * len(refused), "|", color="red", label="refused")
+        ax.plot(refused, [2] * len(refused), "|", color="black", label="refused")
     ax.set_ylim(0, max(120, ax.get_ylim()[1]))
     ax.set_title(outcome.strategy, fontsize=10)
     ax.set_xlabel("request")
@@ -224,7 +224,7 @@ def _spend_panel(ax: Any, outcome: Outcome, names: Sequence[str]) -> None:
 def _quality_panel(ax: Any, outcomes: Sequence[Outcome]) -> None:
     """Mean quality served per strategy, with its refusals."""
     ax.bar(range(len(outcomes)), [o.mean_quality for o in outcomes],
-           color=["C3" if o.strategy == "llm-router" else "0.6" for o in outcomes])
+           color=["C4" if o.strategy == "llm-router" else "0.6" for o in outcomes])
     for i, o in enumerate(outcomes):
         ax.text(i, o.mean_quality, f"{o.mean_quality:.3f}\n{len(o.answers) - o.served} refused", ha="center",
                 va="bottom", fontsize=8)
@@ -238,9 +238,10 @@ def _traffic_panel(ax: Any, outcomes: Sequence[Outcome], names: Sequence[str]) -
     bottom = [0] * len(outcomes)
     for i, name in enumerate([*names, None]):
         counts = [sum(1 for a in o.answers if a.deployment == name) for o in outcomes]
-        ax.bar(range(len(outcomes)), counts, bottom=bottom, color=f"C{i}" if name else "red",
+        ax.bar(range(len(outcomes)), counts, bottom=bottom, color=f"C{i}" if name else "black",
                label=name or "refused")
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     ax.set_xticks(range(len(outcomes)), [o.strategy for o in outcomes], rotation=20, fontsize=8)
+    ax.set_ylim(0, max(bottom) * 1.4)  # room for the legend above the bars
     ax.set_title("prompts per deployment", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
