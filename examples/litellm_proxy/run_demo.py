@@ -11,7 +11,7 @@ on the way out. Each run starts from an empty ``--data-dir`` (fresh budgets, the
 Run::
 
     python examples/litellm_proxy/run_demo.py                        # 300 prompts, all-MiniLM-L6-v2 (make demo)
-    python examples/litellm_proxy/run_demo.py --queries 40 --embedding-model hashing-256   # a quick look
+    python examples/litellm_proxy/run_demo.py --queries 60 --embedding-model hashing-256   # a quick look
 """
 
 from __future__ import annotations
