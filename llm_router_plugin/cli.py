@@ -16,6 +16,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import redis
 import typer
 
 from llm_router_plugin._files import read_yaml
@@ -691,6 +692,11 @@ def main() -> None:
     # Bad input or config, or a Chroma or Redis server that is not up: say which file, field or server, no traceback.
     except (ValueError, FileNotFoundError, StoreNotConnectedError, LedgerUnavailableError) as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    # A Redis ledger that cannot be reached (or refuses the credentials) when a router opens it: its client's message
+    # names the server.
+    except redis.exceptions.RedisError as exc:
+        typer.echo(f"error: budget ledger: {exc}", err=True)
         raise SystemExit(2) from None
 
 

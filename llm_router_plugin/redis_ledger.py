@@ -313,9 +313,8 @@ class RedisLedger:
         self._release = self.client.register_script(_RELEASE)
         self._usage = self.client.register_script(_USAGE)
         # Every ledger on the namespace counts windows from the same instant: the first to start sets it.
-        with reachable(self.client):
-            self.client.set(f"{self._prefix}:anchor", _num(time.time()), nx=True)
-            self._anchor = float(_text(self.client.get(f"{self._prefix}:anchor")))
+        self.client.set(f"{self._prefix}:anchor", _num(time.time()), nx=True)
+        self._anchor = float(_text(self.client.get(f"{self._prefix}:anchor")))
 
     @property
     def anchor(self) -> float:
