@@ -403,7 +403,11 @@ class LiteLLMAdapter:
         """
         with self._lock:
             if model_group not in self._routers:
-                self._routers[model_group] = self._build(model_group)
+                router = self._build(model_group)
+                # Only the config's own groups are remembered: a name a client made up must not grow the cache.
+                if router is None and not any(d.get("model_name") == model_group for d in self._model_list()):
+                    return None
+                self._routers[model_group] = router
             return self._routers[model_group]
 
     def validate(self) -> list[str]:

@@ -69,6 +69,15 @@ def test_only_groups_with_router_settings_are_routed(make_adapter: MakeAdapter) 
     assert adapter.router("no-such-group") is None
 
 
+def test_names_outside_the_model_list_are_not_remembered(make_adapter: MakeAdapter) -> None:
+    # A client may ask for any model name (wildcard groups pass it on): the adapter must not grow with them.
+    adapter = make_adapter()
+    for i in range(50):
+        assert adapter.router(f"client-chosen-{i}") is None
+    assert adapter.router("chat") is not None
+    assert len(adapter._routers) <= 2
+
+
 def test_each_routed_group_has_its_own_ledger_and_shares_history(make_adapter: MakeAdapter) -> None:
     adapter = make_adapter([*model_list(), deployment("code", "coder", "openai/big-model", {"token_budget": 10_000})])
     chat, code = adapter.router("chat"), adapter.router("code")
