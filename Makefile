@@ -15,13 +15,14 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-unit lint bench clean
 
+# The CPU torch wheel goes first: a bare `torch` requirement would pull GBs of CUDA packages. pip runs with -qq
+# (errors only) and setuptools' notes about editable installs are silenced: they are for packagers, not for someone
+# trying the demo.
 $(VENV)/.installed: pyproject.toml constraints.txt $(wildcard integrations/*/pyproject.toml)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	# The CPU wheel first: a bare `torch` requirement would pull GBs of CUDA packages.
-	$(PIP) install --quiet torch==2.13.0
-	# PYTHONWARNINGS: setuptools' notes about editable installs are for packagers, not for someone trying the demo.
-	PYTHONWARNINGS=ignore $(PIP) install --quiet -c constraints.txt -e '.[dev]' $(foreach d,$(INTEGRATIONS),-e '$(d:/=)[test]')
+	$(PIP) install -qq --upgrade pip
+	$(PIP) install -qq torch==2.13.0
+	PYTHONWARNINGS=ignore $(PIP) install -qq -c constraints.txt -e '.[dev]' $(foreach d,$(INTEGRATIONS),-e '$(d:/=)[test]')
 	touch $@
 
 # The Redis ledger's tests start their own redis-server on 127.0.0.1 (a free port; a system service on 6379 is unused).
