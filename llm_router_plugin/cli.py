@@ -99,6 +99,11 @@ def import_command(
         list[Path] | None, typer.Option(help="Vector pack(s) of the file's prompts (`llm-router vectors`); the "
                                              "shipped sample's pack is always read.")
     ] = None,
+    prices: Annotated[
+        Path | None, typer.Option(help="USD per million tokens per model (JSON): the completion tokens a row's cost "
+                                       "implies, for a file with costs and no token counts (default for the shipped "
+                                       "sample: its list prices).")
+    ] = None,
 ) -> None:
     """Embed a history file's rows and add them to the router's Chroma history (idempotent)."""
     cfg = load_config(config)
@@ -118,7 +123,7 @@ def import_command(
     # Records go into the profile set's clusters as they are written: no pass over the history at the first route.
     history.label_clusters(load_profile_set(cfg.profile_set).for_embedder(embedder).centres)
     report = import_history(data, history, embedder, batch_size=batch_size, store_prompts=cfg.store_prompts,
-                            progress=True)
+                            progress=True, prices=read_prices(prices) if prices else None)
     typer.echo(f"imported {report.added} new record(s), {report.existing} already present, {report.rejected} "
                f"rejected; models: {', '.join(report.models)}; history now {history.count()} records")
     typer.echo(f"{report.seconds:.1f} s: {report.rate:.0f} records/s, {report.write_rate:.0f} records/s excluding "

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,6 +29,7 @@ import numpy as np
 from llm_router_plugin.embedding import Embedder, estimate_tokens
 from llm_router_plugin.errors import HistoryFormatError
 from llm_router_plugin.history import ChromaHistory, HistoryRecord, ModelOutcome
+from llm_router_plugin.pricing import Price, completion_tokens_from_cost, read_prices
 
 _BASE_COLUMNS = ("prompt", "eval_name", "split", "sample_id")
 _SUFFIX = {"total_cost": "cost_usd", "prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens"}
@@ -258,21 +259,51 @@ class ImportReport:
         return self.added / writing if self.added and writing > 0 else 0.0
 
 
-def _with_prompt_tokens(row: DataRow) -> dict[str, ModelOutcome]:
-    """A row's outcomes, with prompt tokens estimated from the text where the file has none.
+#: Shipped data files → the shipped list prices their costs were computed with.
+_SHIPPED_PRICES = {"routerbench_sample.csv.gz": "routerbench_prices.json"}
 
-    History then knows tokens beside costs, which is what a per-token rate is fitted on (a deployment with a USD
-    budget and no configured price is priced that way).
+
+def shipped_prices(path: str | Path) -> dict[str, Price] | None:
+    """The list prices of a shipped data file (``None`` for any other file).
+
+    Args:
+        path: the data file.
+
+    Returns:
+        Model → price, or ``None``.
+    """
+    name = _SHIPPED_PRICES.get(Path(path).name)
+    if name is None or Path(path).resolve() != bundled_path(Path(path).name).resolve():
+        return None
+    return read_prices(bundled_path(name))
+
+
+def _with_tokens(row: DataRow, prices: Mapping[str, Price]) -> dict[str, ModelOutcome]:
+    """A row's outcomes with the token counts the file lacks: prompt tokens estimated from the text, and completion
+    tokens implied by the recorded cost at the model's price (where ``prices`` has one).
+
+    History then knows tokens beside costs: a deployment's cost is estimated from its neighbours' tokens at its own
+    price, and a file with costs only would otherwise leave every completion at ``default_completion_tokens``.
     """
     estimated = estimate_tokens(row.prompt)
-    return {model: outcome if outcome.prompt_tokens is not None
-            else outcome.model_copy(update={"prompt_tokens": estimated})
-            for model, outcome in row.outcomes.items()}
+    outcomes = {}
+    for model, outcome in row.outcomes.items():
+        update: dict[str, int] = {}
+        prompt = outcome.prompt_tokens if outcome.prompt_tokens is not None else estimated
+        if outcome.prompt_tokens is None:
+            update["prompt_tokens"] = prompt
+        price = prices.get(model)
+        if outcome.completion_tokens is None and outcome.cost_usd is not None and price is not None:
+            implied = completion_tokens_from_cost(outcome.cost_usd, prompt, price)
+            if implied is not None:
+                update["completion_tokens"] = implied
+        outcomes[model] = outcome.model_copy(update=update) if update else outcome
+    return outcomes
 
 
 def import_history(
     data: DataFile, store: ChromaHistory, embedder: Embedder, *, batch_size: int = 256, write_batch: int = 4096,
-    store_prompts: bool = False, progress: bool = False,
+    store_prompts: bool = False, progress: bool = False, prices: Mapping[str, Price] | None = None,
 ) -> ImportReport:
     """Embed a data file's valid rows and write them to history in large batches.
 
@@ -291,6 +322,8 @@ def import_history(
         store_prompts: keep prompt texts in the store (off: embeddings only, as the config's default;
             :meth:`Router.import_history <llm_router_plugin.Router.import_history>` follows the router's config).
         progress: show a progress bar.
+        prices: model → list price, to derive completion tokens from the costs of a file that records no token
+            counts (default: the shipped prices for the shipped sample, none for other files).
 
     Returns:
         Counts of added, existing and rejected rows, and the time it took.
@@ -304,6 +337,8 @@ def import_history(
         raise ValueError(f"write_batch: must be at least 1, got {write_batch}")
     from tqdm import tqdm
 
+    if prices is None:
+        prices = shipped_prices(data.path) or {}
     started = time.perf_counter()
     embedding_seconds = 0.0
     existing = store.existing_ids([row.record_id for row in data.rows])
@@ -320,7 +355,7 @@ def import_history(
         embedding_seconds += time.perf_counter() - embedding_started
         store.upsert([
             HistoryRecord(id=row.record_id, embedding=vector, text=row.prompt if store_prompts else None,
-                          task=row.task or None, outcomes=_with_prompt_tokens(row))
+                          task=row.task or None, outcomes=_with_tokens(row, prices))
             for row, vector in zip(batch, vectors, strict=True)
         ])
     bar.close()

@@ -21,7 +21,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from llm_router_plugin.history import FIELDS, STORE_UNREACHABLE, ChromaHistory
 from llm_router_plugin.learning import SAMPLE_SIZE, DualState, LearningStore, open_learning_store
 from llm_router_plugin.metrics import RouterMetrics, observing
 from llm_router_plugin.outcomes import OutcomeRecorder
-from llm_router_plugin.pricing import resolve_prices, usage_estimate
+from llm_router_plugin.pricing import Price, resolve_prices, usage_estimate
 from llm_router_plugin.profiles import ProfileSet, load_profile_set
 from llm_router_plugin.timing import stage
 from llm_router_plugin.validation import optional_token_count, token_count
@@ -1001,7 +1001,8 @@ class Router:
         return await asyncio.to_thread(self.status)
 
     def import_history(
-        self, data: DataFile | str | Path, *, batch_size: int = 256, progress: bool = False
+        self, data: DataFile | str | Path, *, batch_size: int = 256, progress: bool = False,
+        prices: Mapping[str, Price] | None = None,
     ) -> ImportReport:
         """Embed a data file's valid rows into this router's history, keeping prompt texts only if the config does.
 
@@ -1012,6 +1013,9 @@ class Router:
             data: a parsed file, or the path of one (see :func:`~llm_router_plugin.read_data`).
             batch_size: rows per embedding call.
             progress: show a progress bar.
+            prices: model → list price, for the completion tokens a row's cost implies when the file has no token
+                counts (default: the shipped prices for the shipped sample; see
+                :func:`~llm_router_plugin.dataset.import_history`).
 
         Returns:
             Counts of added, existing and rejected rows, and the time it took.
@@ -1025,7 +1029,7 @@ class Router:
         self.history.label_clusters(self.profile_set.centres)  # records labelled as written: no pass later
         embedder = PackedEmbedder(CachingEmbedder(self.embedder, cache_path(self.config)), shipped_packs())
         return import_history(parsed, self.history, embedder, batch_size=batch_size,
-                              store_prompts=self.config.store_prompts, progress=progress)
+                              store_prompts=self.config.store_prompts, progress=progress, prices=prices)
 
 
 def _non_text_parts(query: Query) -> int:

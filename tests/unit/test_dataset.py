@@ -228,3 +228,37 @@ def test_router_import_caches_embeddings_in_its_data_dir_by_default(tmp_path: Pa
     Router.from_config({"deployments": [{"name": "a", "model": "m1"}], "data_dir": str(tmp_path / "data")},
                        embedder=CountingEmbedder()).import_history(path)
     assert (tmp_path / "data" / "embeddings.sqlite3").exists()
+
+
+def stored_outcomes(store: ChromaHistory) -> list[dict[str, list[float]]]:
+    from llm_router_plugin.history import decode_outcomes
+
+    return [decode_outcomes(meta) for meta in store._collection.get(include=["metadatas"])["metadatas"] or []]
+
+
+def test_import_with_prices_derives_completion_tokens_from_recorded_costs(tmp_path: Path) -> None:
+    # A file that records costs but no token counts (RouterBench): without the completion tokens the cost implies,
+    # every estimate would fall back to default_completion_tokens, whatever the model really answers.
+    from llm_router_plugin.history import FIELDS
+    from llm_router_plugin.pricing import Price
+
+    prompt = "x" * 400  # about 100 tokens
+    data = read_data(write(tmp_path, f"{prompt},t,s,1,1.0,0.0003,0\n"))
+    priced = ChromaHistory(tmp_path / "priced")
+    import_history(data, priced, HashingEmbedder(16), prices={"m1": Price(1.0, 2.0)})
+    (outcomes,) = stored_outcomes(priced)
+    fields = dict(zip(FIELDS, outcomes["m1"], strict=True))
+    # 0.0003 USD = 100 prompt tokens at $1/M + 100 completion tokens at $2/M
+    assert fields["prompt_tokens"] == 100 and fields["completion_tokens"] == 100
+    unpriced = ChromaHistory(tmp_path / "unpriced")
+    import_history(data, unpriced, HashingEmbedder(16))
+    (outcomes,) = stored_outcomes(unpriced)
+    assert np.isnan(dict(zip(FIELDS, outcomes["m1"], strict=True))["completion_tokens"])
+
+
+def test_the_shipped_sample_is_imported_with_its_list_prices(tmp_path: Path) -> None:
+    from llm_router_plugin.dataset import shipped_prices
+
+    prices = shipped_prices(bundled_path())
+    assert prices is not None and "gpt-4-1106-preview" in prices
+    assert shipped_prices(tmp_path / "mine.csv") is None
