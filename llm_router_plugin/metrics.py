@@ -118,8 +118,7 @@ class _Gauges:
         """Add a router's budgets under its group (or ``up 0`` when its status cannot be read)."""
         try:
             status = router.status()
-            # A decision older than the reservation timeout has had its hold charged: it holds nothing any more.
-            open_counts = router.decisions.open_counts(time.time() - router.config.reservation_timeout_s)
+            open_counts = router.open_decisions()
         except Exception as exc:  # a ledger outage, a closed store: the scrape goes on without this router
             _log.info("metrics: the status of group %s cannot be read: %r", group, exc)
             self.up.add_metric([group], 0)

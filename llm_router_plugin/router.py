@@ -930,6 +930,17 @@ class Router:
         """
         self.outcomes.feedback(decision_id, quality)
 
+    def open_decisions(self) -> dict[str, int]:
+        """Per deployment, this router's logged decisions whose outcome is not recorded and whose hold is live.
+
+        A decision older than ``reservation_timeout_s`` (by this router's clock) has had its hold charged: it holds
+        nothing any more and is not counted.
+
+        Returns:
+            Deployment name → open decisions (deployments without any are absent).
+        """
+        return self.decisions.open_counts(self._clock() - self.config.reservation_timeout_s)
+
     def knows(self, decision_id: str) -> bool:
         """Whether :meth:`feedback` can score this decision: this router's, or (Redis ledger) another router's on the
         namespace in the last day.

@@ -146,6 +146,18 @@ def test_budget_gauges_show_what_every_router_on_the_ledger_spent(
     del watched
 
 
+def test_open_reservations_follow_the_routers_own_clock(make_router: RouterFactory, registry: CollectorRegistry
+                                                        ) -> None:
+    # A replay's router stamps decisions with its own clock, far from the wall clock.
+    now = [1_000.0]
+    router = make_router(metrics=RouterMetrics("chat", registry), clock=lambda: now[0])
+    decision = router.route(topic_prompt("math", 1))
+    labels = {"group": "chat", "deployment": decision.deployment}
+    assert registry.get_sample_value("llm_router_reservations_open", labels) == 1
+    now[0] += router.config.reservation_timeout_s + 1  # the hold has expired: it holds nothing any more
+    assert registry.get_sample_value("llm_router_reservations_open", labels) == 0
+
+
 def test_estimate_ratio_is_the_actual_usage_over_the_decisions_estimate(
     make_router: RouterFactory, registry: CollectorRegistry
 ) -> None:
