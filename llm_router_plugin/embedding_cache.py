@@ -52,7 +52,48 @@ def cache_path(config: RouterConfig) -> Path:
     return config.embedding_cache or Path(config.data_dir) / CACHE_FILE
 
 
-class CachingEmbedder(WrappedEmbedder):
+class KeyedEmbedder(WrappedEmbedder):
+    """Base of embedders that find some vectors by their text's key (:func:`text_key`) and have the wrapped embedder
+    compute the others, in one call; subclasses say where vectors are found (:meth:`_find`) and kept (:meth:`_keep`).
+
+    Args:
+        inner: the embedder that computes the vectors not found.
+    """
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts: the vectors found, the wrapped embedder for the rest (each distinct text once).
+
+        Args:
+            texts: the texts.
+
+        Returns:
+            Array of shape ``(len(texts), dimension)``, rows in the order of ``texts``.
+        """
+        if not texts:
+            return self.inner.embed(texts)
+        keys = [text_key(text) for text in texts]
+        found = self._find(keys)
+        missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in found}
+        if missing:
+            vectors = np.asarray(self.inner.embed(list(missing.values())), dtype=np.float32)
+            computed = dict(zip(missing, vectors, strict=True))
+            self._keep(computed)
+            found.update(computed)
+        return np.stack([found[key] for key in keys])
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        """Async :meth:`embed`: the lookups and the model run in a worker thread."""
+        return await asyncio.to_thread(self.embed, texts)
+
+    def _find(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        """The vectors known for ``keys`` (a subset of them)."""
+        raise NotImplementedError
+
+    def _keep(self, vectors: dict[bytes, np.ndarray]) -> None:
+        """Keep vectors the wrapped embedder just computed (by default nowhere)."""
+
+
+class CachingEmbedder(KeyedEmbedder):
     """Wraps an :class:`~llm_router_plugin.embedding.Embedder`, keeping every vector it computes in SQLite.
 
     A call embeds only the texts the file has no valid vector for (each distinct text once), in one call of the
@@ -72,35 +113,16 @@ class CachingEmbedder(WrappedEmbedder):
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts, reading cached vectors and computing and storing the others.
-
-        Args:
-            texts: the texts.
-
-        Returns:
-            Array of shape ``(len(texts), dimension)``, rows in the order of ``texts``.
-        """
-        if not texts:
-            return self.inner.embed(texts)
-        keys = [text_key(text) for text in texts]
+    def _find(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
         with self._connect() as db:
-            found = self._read(db, set(keys))
-        missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in found}
-        if missing:
-            vectors = np.asarray(self.inner.embed(list(missing.values())), dtype=np.float32)
-            found.update(zip(missing, vectors, strict=True))
-            with self._connect() as db, db:
-                db.executemany(
-                    "INSERT OR REPLACE INTO embeddings (model, text_sha256, dimension, vector) VALUES (?, ?, ?, ?)",
-                    [(self.name, key, len(vector), vector.tobytes()) for key, vector in zip(missing, vectors,
-                                                                                            strict=True)],
-                )
-        return np.stack([found[key] for key in keys])
+            return self._read(db, set(keys))
 
-    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
-        """Async :meth:`embed`: the file and the model are used in a worker thread."""
-        return await asyncio.to_thread(self.embed, texts)
+    def _keep(self, vectors: dict[bytes, np.ndarray]) -> None:
+        with self._connect() as db, db:
+            db.executemany(
+                "INSERT OR REPLACE INTO embeddings (model, text_sha256, dimension, vector) VALUES (?, ?, ?, ?)",
+                [(self.name, key, len(vector), vector.tobytes()) for key, vector in vectors.items()],
+            )
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

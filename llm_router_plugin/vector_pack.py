@@ -13,7 +13,6 @@ the other end, are never mixed in.
 
 from __future__ import annotations
 
-import asyncio
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from llm_router_plugin.dataset import bundled_path
-from llm_router_plugin.embedding import Embedder, WrappedEmbedder
-from llm_router_plugin.embedding_cache import text_key
+from llm_router_plugin.embedding import Embedder
+from llm_router_plugin.embedding_cache import KeyedEmbedder, text_key
 
 #: The packs shipped in the package (``llm_router_plugin/data``).
 SHIPPED = ("routerbench_sample.vectors.npz",)
@@ -137,7 +136,7 @@ def shipped_packs() -> list[VectorPack]:
     return [VectorPack.load(bundled_path(name)) for name in SHIPPED]
 
 
-class PackedEmbedder(WrappedEmbedder):
+class PackedEmbedder(KeyedEmbedder):
     """Takes the vectors of the texts the packs hold; the wrapped embedder computes the others.
 
     Args:
@@ -148,29 +147,11 @@ class PackedEmbedder(WrappedEmbedder):
 
     def __init__(self, inner: Embedder, packs: Sequence[VectorPack]) -> None:
         super().__init__(inner)
-        self.packs = [pack for pack in packs if pack.model == inner.name and pack.vectors.shape[1] == inner.dimension]
+        # The name says model and cut (it is the cache's key too); asking the dimension would load the model.
+        self.packs = [pack for pack in packs if pack.model == inner.name]
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts: packed vectors first, the wrapped embedder for the rest (in one call).
-
-        Args:
-            texts: the texts.
-
-        Returns:
-            Array of shape ``(len(texts), dimension)``, rows in the order of ``texts``.
-        """
-        if not texts:
-            return self.inner.embed(texts)
-        keys = [text_key(text) for text in texts]
+    def _find(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
         found: dict[bytes, np.ndarray] = {}
         for pack in self.packs:
             found.update(pack.lookup(key for key in keys if key not in found))
-        missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in found}
-        if missing:
-            vectors = np.asarray(self.inner.embed(list(missing.values())), dtype=np.float32)
-            found.update(zip(missing, vectors, strict=True))
-        return np.stack([found[key] for key in keys])
-
-    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
-        """Async :meth:`embed`: the wrapped embedder runs in a worker thread."""
-        return await asyncio.to_thread(self.embed, texts)
+        return found
