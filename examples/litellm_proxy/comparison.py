@@ -158,7 +158,8 @@ def table(outcomes: Sequence[Outcome]) -> str:
     lines = [f"{'strategy':<24} {'quality':>7} {'served':>7} {'refused':>8} {'spend $':>8}  over budget",
              "-" * 78]
     for o in outcomes:
-        over = ", ".join(f"{n} +${v:.4f}" for n, v in o.over_budget().items()) or "none"
+        over = ", ".join(f"{n} +${v:.4f}" if v >= 1e-4 else f"{n} +${v:.1e}"  # a last call's cents, still shown
+                         for n, v in o.over_budget().items()) or "none"
         lines.append(f"{o.strategy:<24} {o.mean_quality:>7.3f} {o.served:>7} {len(o.answers) - o.served:>8} "
                      f"{sum(o.spend().values()):>8.4f}  {over}")
     lines += ["", "spend per deployment, USD (budget):",
