@@ -23,6 +23,7 @@ from llm_router_plugin._files import read_yaml
 from llm_router_plugin.config import RouterConfig
 from llm_router_plugin.dataset import bundled_path, import_history, read_data
 from llm_router_plugin.embedding import Backend, Keep, make_embedder
+from llm_router_plugin.embedding_batch import unbatched_embedder
 from llm_router_plugin.embedding_cache import CachingEmbedder, cache_path
 from llm_router_plugin.errors import LedgerUnavailableError, RouterError
 from llm_router_plugin.history import ChromaHistory, StoreNotConnectedError
@@ -116,8 +117,7 @@ def import_command(
     # No Router here: its start-up checks (a price for every USD budget) may need the very history being imported.
     history = ChromaHistory.from_config(cfg)
     embedder = PackedEmbedder(
-        CachingEmbedder(make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep,
-                                      cfg.embedding_backend), cache_path(cfg)),
+        CachingEmbedder(unbatched_embedder(cfg), cache_path(cfg)),
         [*shipped_packs(), *(VectorPack.load(path) for path in vectors or ())],
     )
     # Records go into the profile set's clusters as they are written: no pass over the history at the first route.
@@ -143,8 +143,7 @@ def vectors_command(
     """Embed a history file's prompts once into a vector pack, which `llm-router import --vectors` reads."""
     cfg = load_config(config)
     data = read_data(file or bundled_path())
-    embedder = CachingEmbedder(make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep,
-                                             cfg.embedding_backend), cache_path(cfg))
+    embedder = CachingEmbedder(unbatched_embedder(cfg), cache_path(cfg))
     pack = VectorPack.build((row.prompt for row in data.rows), embedder, batch_size=batch_size)
     pack.save(out)
     typer.echo(f"wrote {len(pack.keys)} vectors of {pack.model} ({len(data.rows)} rows) to {out}")
@@ -639,7 +638,7 @@ def onboard(
                    err=True)
         raise typer.Exit(2)
     history = ChromaHistory.from_config(cfg)
-    embedder = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep, cfg.embedding_backend)
+    embedder = unbatched_embedder(cfg)
     report = onboard_model(model, parsed, history, embedder, cfg.store_prompts)
     typer.echo(f"onboarded {model}: {report.updated + report.added} profile outcome(s) ({report.scored} scored; "
                f"{report.updated} merged into existing records, {report.added} new), {report.skipped} failed "
@@ -678,7 +677,7 @@ def profile_build_command(
         rows = {row.record_id: row for row in read_data(data or bundled_path()).rows}
         texts = [text or (rows[i].prompt if i in rows else None) for i, text in zip(ids, texts, strict=True)]
         tasks = [task or (rows[i].task if i in rows else None) for i, task in zip(ids, tasks, strict=True)]
-    name = make_embedder(cfg.embedding_model, cfg.embedding_threads, cfg.embedding_keep, cfg.embedding_backend).name
+    name = unbatched_embedder(cfg).name
     profile = build_profile_set(ids, vectors, texts, tasks, embedding_model=name, size=size,
                                 clusters=min(clusters, len(ids)), seed=seed)
     profile.save(out)

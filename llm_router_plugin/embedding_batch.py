@@ -152,6 +152,21 @@ class BatchingEmbedder(WrappedEmbedder):
             start += len(call.texts)
 
 
+def unbatched_embedder(config: RouterConfig) -> Embedder:
+    """The embedder a config names, without micro-batching: for callers that embed many texts per call themselves
+    (an import, a vector pack, onboarding).
+
+    Args:
+        config: the router config (``embedding_model``, ``embedding_threads``, ``embedding_keep``,
+            ``embedding_backend``).
+
+    Returns:
+        The embedder (sentence-transformers models load lazily on first use).
+    """
+    return make_embedder(config.embedding_model, config.embedding_threads, config.embedding_keep,
+                         config.embedding_backend)
+
+
 def configured_embedder(config: RouterConfig) -> Embedder:
     """The embedder a config names, micro-batched unless ``embedding_batch_size`` is 1.
 
@@ -162,8 +177,7 @@ def configured_embedder(config: RouterConfig) -> Embedder:
     Returns:
         The embedder (sentence-transformers models load lazily on first use).
     """
-    embedder = make_embedder(config.embedding_model, config.embedding_threads, config.embedding_keep,
-                             config.embedding_backend)
+    embedder = unbatched_embedder(config)
     if config.embedding_batch_size == 1:
         return embedder
     return BatchingEmbedder(embedder, window_ms=config.embedding_batch_ms, max_batch=config.embedding_batch_size)

@@ -20,6 +20,7 @@ from llm_router_litellm import LiteLLMAdapter, deployment_config
 
 from llm_router_plugin import DataFile, bundled_path, read_data
 from llm_router_plugin.cli import format_status
+from llm_router_plugin.config import DeploymentConfig
 from llm_router_plugin.dataset import DataRow
 from llm_router_plugin.embedding_cache import CACHE_FILE
 
@@ -95,16 +96,19 @@ async def settled(adapter: LiteLLMAdapter, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.1)
 
 
+def routed(config: dict[str, Any]) -> list[DeploymentConfig]:
+    """The router's view of the deployments of the routed group of a LiteLLM config."""
+    return [deployment_config(entry) for entry in config["model_list"] if entry["model_name"] == GROUP]
+
+
 def profiles(config: dict[str, Any]) -> dict[str, str]:
     """Deployment id → model profile, for the routed group of a LiteLLM config."""
-    return {d.name: d.model for d in (deployment_config(entry) for entry in config["model_list"]
-                                      if entry["model_name"] == GROUP)}
+    return {d.name: d.model for d in routed(config)}
 
 
 def budgets(config: dict[str, Any]) -> dict[str, float]:
     """Deployment id → USD budget, for the routed group of a LiteLLM config."""
-    return {d.name: d.usd_budget for d in (deployment_config(entry) for entry in config["model_list"]
-                                           if entry["model_name"] == GROUP) if d.usd_budget is not None}
+    return {d.name: d.usd_budget for d in routed(config) if d.usd_budget is not None}
 
 
 def line(i: int, served: Served, profile: dict[str, str]) -> str:

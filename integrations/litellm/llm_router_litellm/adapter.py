@@ -350,7 +350,7 @@ class LiteLLMAdapter:
         self.history = ChromaHistory.from_config(self.settings)
         self._model_list = model_list
         self._ledger_password = ledger_password
-        self._routers: dict[str, Router | None] = {}
+        self._routers: dict[str, Router] = {}
         self._lock = threading.Lock()
         self._requests: OrderedDict[str, _Tracked] = OrderedDict()
         self._requests_lock = threading.Lock()
@@ -403,12 +403,24 @@ class LiteLLMAdapter:
         """
         with self._lock:
             if model_group not in self._routers:
-                router = self._build(model_group)
-                # Only the config's own groups are remembered: a name a client made up must not grow the cache.
-                if router is None and not any(d.get("model_name") == model_group for d in self._model_list()):
-                    return None
-                self._routers[model_group] = router
+                if not self.routes(model_group):
+                    return None  # not remembered: a name a client made up must not grow the cache
+                self._routers[model_group] = self._build(model_group)
             return self._routers[model_group]
+
+    def routes(self, model_group: str) -> bool:
+        """Whether a model group is routed: one of its deployments has a ``model_info.llm_router`` block.
+
+        Read from the model list alone (nothing is built), so it is cheap enough for every request.
+
+        Args:
+            model_group: the LiteLLM model group (``model_name``).
+
+        Returns:
+            Whether :meth:`router` gives the group a router.
+        """
+        return any(d.get("model_name") == model_group and KEY in (d.get("model_info") or {})
+                   for d in self._model_list())
 
     def validate(self) -> list[str]:
         """Build the router of every routed group now, so that a bad setting fails at start, not on a request.
@@ -429,10 +441,8 @@ class LiteLLMAdapter:
         groups = list(dict.fromkeys(str(d.get("model_name")) for d in deployments))
         return [group for group in groups if self.router(group) is not None]
 
-    def _build(self, model_group: str) -> Router | None:
+    def _build(self, model_group: str) -> Router:
         members = [d for d in self._model_list() if d.get("model_name") == model_group]
-        if not any(KEY in (d.get("model_info") or {}) for d in members):
-            return None
         # Readable, and distinct for groups whose names differ only in characters a folder name cannot hold.
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_group)[:40]
         label = f"{slug}-{hashlib.sha256(model_group.encode()).hexdigest()[:8]}"

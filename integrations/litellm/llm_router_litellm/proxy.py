@@ -179,14 +179,12 @@ class ProxyCallback(OutcomeLogger):
             ValueError: LiteLLM's budget limiter left no deployment of a routed group (its own error, ``No
                 deployments available - crossed budget``), as LiteLLM would have raised it.
         """
-        if not healthy_deployments or messages is None:
+        if not healthy_deployments or messages is None or not self.adapter.routes(model):
             return healthy_deployments
-        limiters = _budget_limiters()
-        if limiters and await asyncio.to_thread(self.adapter.router, model) is not None:
-            for limiter in limiters:  # raises LiteLLM's own error when it leaves none
-                healthy_deployments = await limiter.async_filter_deployments(
-                    model=model, healthy_deployments=healthy_deployments, messages=messages,
-                    request_kwargs=request_kwargs, parent_otel_span=parent_otel_span)
+        for limiter in _budget_limiters():  # raises LiteLLM's own error when it leaves none
+            healthy_deployments = await limiter.async_filter_deployments(
+                model=model, healthy_deployments=healthy_deployments, messages=messages,
+                request_kwargs=request_kwargs, parent_otel_span=parent_otel_span)
         chosen = await self.adapter.achoose(model, healthy_deployments, messages,
                                             request_kwargs if request_kwargs is not None else {})
         return healthy_deployments if chosen is None else [chosen]
