@@ -13,6 +13,7 @@ the other end, are never mixed in.
 
 from __future__ import annotations
 
+import functools
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -119,16 +120,11 @@ class VectorPack:
 
     def lookup(self, keys: Iterable[bytes]) -> dict[bytes, np.ndarray]:
         """The vectors of those ``keys`` the pack holds."""
-        index = self._index()
-        return {key: self.vectors[index[key]] for key in keys if key in index}
+        return {key: self.vectors[self._index[key]] for key in keys if key in self._index}
 
+    @functools.cached_property
     def _index(self) -> dict[bytes, int]:
-        # Built on first use and kept: a frozen dataclass still has a __dict__ to cache it in.
-        index: dict[bytes, int] | None = self.__dict__.get("_index_cache")
-        if index is None:
-            index = {key.tobytes(): i for i, key in enumerate(self.keys)}
-            object.__setattr__(self, "_index_cache", index)
-        return index
+        return {key.tobytes(): i for i, key in enumerate(self.keys)}
 
 
 def shipped_packs() -> list[VectorPack]:
